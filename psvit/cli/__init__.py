@@ -1,0 +1,46 @@
+"""``psvit-export``: the command line. Each command lives in its own module and only wires library calls."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import PSViTError
+
+app = typer.Typer(
+    name="psvit-export",
+    help="PSViT deployment toolchain: model info, data, training, ONNX/FP16 export and verification.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    # Imported for their side effect of adding commands to ``app``.
+    from . import info  # noqa: F401
+
+
+@app.callback()
+def _root() -> None:
+    """PSViT deployment toolchain."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors print one clear message and exit 2, never a traceback.
+
+    Typer/click handle usage errors themselves (exit 2 with the usage line).
+    """
+    from .console import err_console
+
+    _register_commands()
+    try:
+        app(args=argv, prog_name="psvit-export")
+    except PSViTError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Image datasets: the procedural synthetic set and image folders."""
