@@ -1,0 +1,53 @@
+"""Provenance helpers shared by every artifact writer: file hashes, versions, atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of ``names`` (plus python and psvit-deploy); missing packages are left out."""
+    out = {"python": platform.python_version()}
+    for name in ("psvit-deploy", *names):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A failure (or Ctrl-C) leaves neither a half-written ``path`` nor the temporary file behind.
+    """
+    from .errors import PSViTError
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise PSViTError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK):
+        raise PSViTError(f"output folder {parent} is not writable; choose another --out")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
