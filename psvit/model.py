@@ -75,17 +75,16 @@ class Attention(nn.Module):
         n, h, hd = self.tokens, self.heads, self.head_dim
         qkv = self.qkv(x).reshape(-1, n, 3, h, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
-        if self.provides == "map" or not self.fused:
+        if self.fused and self.provides != "map":
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, hd)
+            q = q * self.scale if self.provides == "qk" else q
+            attn = None
+        else:
             q = q * self.scale
             attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
             out = attn @ v  # (B, H, N, hd)
-            new_state: AttentionState = attn if self.provides == "map" else None
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, hd)
-            new_state = None
-        if self.provides == "qk":
-            # The sharer recomputes softmax(Q K^T) from these; Q carries the scale, as above.
-            new_state = (q if not self.fused else q * self.scale, k)
+        # Sharers get A itself (map) or the scaled Q and K to recompute it (qk).
+        new_state: AttentionState = {"map": attn, "qk": (q, k), None: None}[self.provides]
         out = out.transpose(1, 2).reshape(-1, n, self.dim)  # (B, N, D)
         return self.proj(out), new_state
 

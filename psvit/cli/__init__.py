@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except PSViTError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    except SystemExit as exc:  # click ends standalone runs with sys.exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 

@@ -1,5 +1,15 @@
-"""Shared rich consoles: results on stdout, progress and diagnostics on stderr."""
+"""Shared rich consoles: results on stdout, progress and diagnostics on stderr.
+
+Output that is not a terminal (pipes, CI logs) is rendered 140 columns wide so tables stay readable.
+"""
+import sys
+
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _width(stream) -> int | None:
+    return None if stream.isatty() else 140
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))

@@ -5,6 +5,7 @@ import json
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from ..registry import get_config, list_models
@@ -50,14 +51,14 @@ def info(
             table.add_row(key, value)
         console.print(table)
         return
-    table = Table(title="PSViT variants (MACs at the variant's input size, sharing on)")
-    for col in ("variant", "input", "params", "GMACs", "tokens/stage", "dims", "depths", "heads",
-                "pooling", "shared blocks"):
-        table.add_column(col, justify="right" if col in ("params", "GMACs", "input") else "left")
+    table = Table(title="PSViT variants (MACs at the input size, sharing on)", box=box.SIMPLE_HEAD)
+    for col in ("variant", "input", "params", "GMACs", "tokens", "dims", "depths", "pooling", "shared"):
+        table.add_column(col, justify="right" if col in ("params", "GMACs", "input") else "left",
+                         no_wrap=col in ("variant", "params", "GMACs"))
     for s in stats:
         table.add_row(
             s.name, str(s.img_size), _fmt_count(s.params), f"{s.macs / 1e9:.3f}",
             "→".join(map(str, s.tokens)), "/".join(map(str, s.dims)), "/".join(map(str, s.depths)),
-            "/".join(map(str, s.heads)), s.pooling, ",".join(map(str, s.shared_blocks)) or "-",
+            s.pooling, ",".join(map(str, s.shared_blocks)) or "-",
         )
     console.print(table)

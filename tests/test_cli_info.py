@@ -1,0 +1,28 @@
+"""`psvit-export info` through the real entry point."""
+import json
+import subprocess
+import sys
+
+import psvit
+from psvit.cli import main
+
+
+def test_info_table_lists_every_variant(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in psvit.list_models():
+        assert name[:5] in out
+
+
+def test_info_json_matches_model_stats(capsys):
+    assert main(["info", "psvit_2d_tiny", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    stats = psvit.model_stats("psvit_2d_tiny")
+    assert data[0]["macs"] == stats.macs and data[0]["tokens"] == [197, 50, 17]
+
+
+def test_unknown_variant_exits_2_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "psvit.cli", "info", "psvit_mcro"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Did you mean psvit_micro" in proc.stderr and "Traceback" not in proc.stderr
