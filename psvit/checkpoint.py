@@ -264,8 +264,10 @@ class WarmStartReport:
 
 
 def warm_start(model: torch.nn.Module, source: str | os.PathLike | dict[str, torch.Tensor]) -> WarmStartReport:
-    """Copy every tensor whose name and shape match (e.g. a PSViT's first stage from DeiT weights).
+    """Copy the tensors of every module that fits whole (e.g. a PSViT's first stage from DeiT weights).
 
+    A module is loaded only if all of its tensors are in the checkpoint with the same shapes, so nothing
+    is half-loaded (a DeiT ``head.bias`` of the same length never lands beside a foreign ``head.weight``).
     Returns what was loaded and what was not, so the caller can check that the intended part arrived.
     """
     if isinstance(source, dict):
@@ -274,11 +276,20 @@ def warm_start(model: torch.nn.Module, source: str | os.PathLike | dict[str, tor
         state, _ = _read_state_dict(resolve_checkpoint_path(source))
     state = filter_foreign_state_dict(state)
     own = model.state_dict()
-    loaded = sorted(k for k, v in state.items() if k in own and own[k].shape == v.shape)
+    fits = {k for k, v in state.items() if k in own and own[k].shape == v.shape}
+
+    def module_of(key: str) -> str:
+        return key.rpartition(".")[0] or key  # top-level parameters (cls_token, pos_embed) stand alone
+
+    members: dict[str, list[str]] = {}
+    for key in own:
+        members.setdefault(module_of(key), []).append(key)
+    loaded = sorted(k for k in fits if all(m in fits for m in members[module_of(k)]))
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    partial = sorted(fits - set(loaded))
     return WarmStartReport(
         loaded=loaded,
-        skipped_shape=_shape_mismatches(model, state),
+        skipped_shape=_shape_mismatches(model, state) + [f"{k}: its module does not fit whole" for k in partial],
         not_in_model=sorted(set(state) - set(own)),
         not_in_checkpoint=sorted(set(own) - set(state)),
     )
