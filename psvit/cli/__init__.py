@@ -19,6 +19,8 @@ app = typer.Typer(
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to ``app``.
     from . import info  # noqa: F401
+    from . import data  # noqa: F401
+    from . import train  # noqa: F401
 
 
 @app.callback()
