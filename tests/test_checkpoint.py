@@ -134,3 +134,12 @@ def test_metadata_survives_as_json(micro, tmp_path):
         raw = f.metadata()
     assert json.loads(raw["psvit.config"])["share"] == [3, 5]
     assert json.loads(raw["psvit.extra"]) == {"cmd": "x", "n": [1, 2]}
+
+
+def test_written_files_get_the_usual_permissions(micro, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = psvit.save_checkpoint(micro, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
