@@ -21,6 +21,10 @@ def _register_commands() -> None:
     from . import info  # noqa: F401
     from . import data  # noqa: F401
     from . import train  # noqa: F401
+    from . import onnx  # noqa: F401
+    from . import compare  # noqa: F401
+    from . import inspect  # noqa: F401
+    from . import trt  # noqa: F401
 
 
 @app.callback()

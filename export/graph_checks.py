@@ -1,0 +1,236 @@
+"""Structural checks of an exported PSViT graph: the promises the toolchain makes about its ONNX.
+
+- ``onnx.checker`` full check;
+- no run-time shape arithmetic (Shape, ConstantOfShape, Range, Size, NonZero, Expand, ...);
+- after shape inference with data propagation every dimension is concrete except the batch;
+- one Softmax per distinct attention map in ``map`` stages (plus one per sharing block in ``qk`` stages),
+  and each shared map feeds the A·V MatMul of every block that shares it;
+- no duplicated initializers (by content hash) and one weight MatMul/Gemm per Linear layer (``qk`` mode
+  reuses Q and K instead of projecting them again).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import GraphCheckError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..config import PSViTConfig
+
+# Ops that compute shapes at run time (or whose output shape depends on values).
+SHAPE_OPS = frozenset({
+    "Shape", "Size", "ConstantOfShape", "Range", "NonZero", "Expand", "Tile", "Compress", "Unique",
+    "TopK", "Loop", "If", "Scan",
+})
+WEIGHT_OPS = ("MatMul", "Gemm")
+
+
+@dataclass
+class GraphReport:
+    """What the checks found; ``problems`` is empty for a graph that keeps every promise."""
+
+    nodes: int
+    op_counts: dict[str, int]
+    shape_ops: dict[str, int]
+    symbolic_dims: list[str]  # "tensor: shape" for every tensor with a non-batch symbolic/unknown dim
+    softmax: int
+    expected_softmax: int
+    softmax_consumers: list[int]  # MatMul consumers per Softmax, graph order
+    expected_softmax_consumers: list[int]
+    duplicated_initializers: list[list[str]]
+    weight_matmuls: int
+    expected_weight_matmuls: int | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ok": self.ok}
+
+
+def load_structure(model: "onnx.ModelProto | str | os.PathLike") -> "onnx.ModelProto":
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return onnx.load(str(model))
+
+
+def infer_shapes(model: "onnx.ModelProto | str | os.PathLike") -> "onnx.ModelProto":
+    """Strict shape and type inference with data propagation (a path works for external-data models)."""
+    import tempfile
+
+    import onnx
+    from onnx import shape_inference
+
+    if isinstance(model, onnx.ModelProto):
+        return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "inferred.onnx"
+        shape_inference.infer_shapes_path(str(model), str(out), check_type=True, strict_mode=True,
+                                          data_prop=True)
+        return onnx.load(str(out), load_external_data=False)
+
+
+def _dims(value_info: "onnx.ValueInfoProto") -> list[int | str | None]:
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return [None]
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def non_static_tensors(inferred: "onnx.ModelProto", batch_symbol: str | None) -> list[str]:
+    """Tensors with a dimension that is neither concrete nor the batch symbol (at most one batch dim)."""
+    bad = []
+    g = inferred.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        dims = _dims(vi)
+        symbolic = [d for d in dims if not isinstance(d, int)]
+        if symbolic and (batch_symbol is None or symbolic != [batch_symbol]):
+            bad.append(f"{vi.name}: {dims}")
+    return bad
+
+
+def shape_op_counts(model: "onnx.ModelProto") -> dict[str, int]:
+    return dict(Counter(n.op_type for n in model.graph.node if n.op_type in SHAPE_OPS))
+
+
+def duplicated_initializers(model: "onnx.ModelProto") -> list[list[str]]:
+    """Groups of initializers with identical dtype, shape and content (external data is read)."""
+    from onnx import numpy_helper
+
+    groups: dict[str, list[str]] = {}
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        key = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes()).hexdigest()
+        groups.setdefault(key, []).append(init.name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _readers(model: "onnx.ModelProto") -> dict[str, list["onnx.NodeProto"]]:
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    return readers
+
+
+def softmax_consumers(model: "onnx.ModelProto") -> list[int]:
+    """For each Softmax (graph order), how many MatMul nodes read its output (directly or via Casts)."""
+    readers = _readers(model)
+
+    def matmuls(name: str) -> int:
+        total = 0
+        for n in readers.get(name, []):
+            if n.op_type == "MatMul":
+                total += 1
+            elif n.op_type == "Cast":
+                total += matmuls(n.output[0])
+        return total
+
+    return [matmuls(n.output[0]) for n in model.graph.node if n.op_type == "Softmax"]
+
+
+def expected_attention(config: "PSViTConfig", modes: tuple[str, ...]) -> tuple[int, list[int]]:
+    """Expected Softmax count and, per Softmax in block order, the number of A·V MatMuls it feeds."""
+    owner = config.map_owner
+    per_softmax: list[int] = []
+    for b in range(config.depth):
+        mode = modes[config.stage_of_block(b)]
+        if owner[b] == b:
+            sharers = sum(1 for o in range(config.depth) if o != b and owner[o] == b)
+            per_softmax.append(1 + (sharers if mode == "map" else 0))
+        elif mode == "qk":
+            per_softmax.append(1)
+    return len(per_softmax), per_softmax
+
+
+def weight_matmul_count(model: "onnx.ModelProto") -> int:
+    """MatMul/Gemm nodes that multiply by an initializer (one per Linear layer in a clean export)."""
+    weights = {i.name for i in model.graph.initializer}
+    # FP16 graphs may cast a weight before a node kept in FP32: a Cast of a weight is a weight too.
+    weights |= {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in weights}
+    return sum(1 for n in model.graph.node if n.op_type in WEIGHT_OPS and any(i in weights for i in n.input))
+
+
+def check_graph(
+    model: "onnx.ModelProto | str | os.PathLike",
+    *,
+    config: "PSViTConfig",
+    modes: tuple[str, ...],
+    batch: int | None,
+    batch_symbol: str = "batch",
+    linear_layers: int | None = None,
+    raise_on_problem: bool = True,
+) -> GraphReport:
+    """Run every structural check; raise :class:`GraphCheckError` listing all problems (or just report).
+
+    Args:
+        model: the model or its path (use the path for models with external data).
+        modes: shared-attention mode per stage, as exported.
+        batch: the fixed batch, or None when the batch is the symbolic ``batch_symbol``.
+        linear_layers: number of Linear layers in the PyTorch model; checked against weight MatMuls.
+    """
+    import onnx
+
+    path_or_model = model
+    model = load_structure(model)
+    problems: list[str] = []
+    try:
+        if isinstance(path_or_model, onnx.ModelProto):
+            onnx.checker.check_model(model, full_check=True)
+        else:
+            onnx.checker.check_model(str(path_or_model), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        problems.append(f"onnx.checker failed: {str(exc).splitlines()[0]}")
+    try:
+        inferred = infer_shapes(path_or_model)
+        symbolic = non_static_tensors(inferred, None if batch is not None else batch_symbol)
+    except onnx.shape_inference.InferenceError as exc:
+        problems.append(f"shape inference failed: {str(exc).splitlines()[0]}")
+        symbolic = []
+    ops = dict(Counter(n.op_type for n in model.graph.node))
+    shape_ops = shape_op_counts(model)
+    n_softmax, expected_consumers = expected_attention(config, modes)
+    consumers = softmax_consumers(model)
+    dups = duplicated_initializers(model)
+    weights = weight_matmul_count(model)
+
+    if shape_ops:
+        problems.append(f"run-time shape computation ops in the graph: {shape_ops}")
+    if symbolic:
+        what = "the batch" if batch is None else "nothing (fixed batch)"
+        problems.append(
+            f"{len(symbolic)} tensor(s) have symbolic dims other than {what}, e.g. {symbolic[:3]}"
+        )
+    if len(consumers) != n_softmax:
+        problems.append(f"{len(consumers)} Softmax nodes, expected {n_softmax} (one per computed attention map)")
+    elif sorted(consumers) != sorted(expected_consumers):
+        problems.append(
+            f"Softmax outputs feed {consumers} MatMuls, expected {expected_consumers}: a shared map must feed "
+            f"the A·V product of every block that shares it"
+        )
+    if dups:
+        problems.append(f"{len(dups)} group(s) of duplicated initializers, e.g. {dups[0]}")
+    if linear_layers is not None and weights != linear_layers:
+        problems.append(f"{weights} weight MatMul/Gemm nodes for {linear_layers} Linear layers (duplicated projections?)")
+    report = GraphReport(
+        nodes=len(model.graph.node), op_counts=ops, shape_ops=shape_ops, symbolic_dims=symbolic,
+        softmax=len(consumers), expected_softmax=n_softmax, softmax_consumers=consumers,
+        expected_softmax_consumers=expected_consumers, duplicated_initializers=dups,
+        weight_matmuls=weights, expected_weight_matmuls=linear_layers, problems=problems,
+    )
+    if problems and raise_on_problem:
+        raise GraphCheckError("the exported graph fails its checks:\n  " + "\n  ".join(problems))
+    return report

@@ -1,0 +1,122 @@
+"""PyTorch -> ONNX with the dynamo exporter (``torch.onnx.export(..., dynamo=True)``).
+
+Why the dynamo exporter: it traces with ``torch.export`` and records the batch as a symbolic dimension
+(``dynamic_shapes``), so a model that never reads ``x.shape`` (PSViT with ``exportable=True``) comes out
+with zero Shape/Gather/Concat chains and concrete per-stage token counts. The TorchScript exporter
+(``dynamo=False``) traces concrete sizes into run-time shape arithmetic (timm's DeiT export holds 39 Shape
+nodes) and is deprecated in PyTorch 2.9+.
+
+Opset: 18 is the lowest opset the exporter implements natively (17 is produced by the ONNX version
+converter from 18 and is accepted; below 17 there is no LayerNormalization op, which TensorRT needs to keep
+normalisation accurate in FP16).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import ExportError
+from .passes import optimize_graph
+
+if TYPE_CHECKING:
+    import onnx
+
+MIN_OPSET = 17
+DEFAULT_OPSET = 18
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+BATCH_SYMBOL = "batch"
+TRACE_BATCH = 2  # torch.export specialises size-1 dims, so a dynamic batch is traced with 2
+
+
+def max_opset() -> int:
+    """The newest opset the installed ``onnx`` knows."""
+    import onnx.defs
+
+    return onnx.defs.onnx_opset_version()
+
+
+def check_opset(opset: int) -> None:
+    top = max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise ExportError(
+            f"opset {opset} is not supported: use {MIN_OPSET}..{top} (default {DEFAULT_OPSET}). Opsets below "
+            f"{MIN_OPSET} lack LayerNormalization, which keeps normalisation accurate in FP16 TensorRT builds."
+        )
+
+
+def parse_batch(batch: str | int) -> int | None:
+    """``"dynamic"`` -> None (symbolic batch); a positive integer (or its text) -> that fixed batch."""
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        value = batch
+    elif isinstance(batch, str) and batch.strip().lower() == "dynamic":
+        return None
+    elif isinstance(batch, str) and batch.strip().isdigit():
+        value = int(batch)
+    else:
+        raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+    if value < 1:
+        raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter prints progress lines and warnings; keep them out of the CLI output."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def torch_to_onnx(
+    model: torch.nn.Module,
+    *,
+    batch: int | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> "onnx.ModelProto":
+    """Trace ``model`` (exportable PSViT, eval mode) into an optimized FP32 ONNX model.
+
+    Args:
+        batch: None for a symbolic batch dimension named ``batch``; an integer fixes it.
+        opset: ONNX opset, ``MIN_OPSET`` or newer.
+    """
+    import onnx_ir as ir
+
+    check_opset(opset)
+    cfg = model.cfg
+    n = TRACE_BATCH if batch is None else batch
+    example = torch.zeros(n, cfg.in_chans, cfg.img_size, cfg.img_size)  # (B, C, H, W)
+    dynamic_shapes = None
+    if batch is None:
+        dynamic_shapes = ({0: torch.export.Dim(BATCH_SYMBOL, min=1)},)
+    with _quiet_exporter(), torch.no_grad():
+        try:
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], optimize=False, verbose=False,
+                report=False,
+            )
+        except Exception as exc:  # the exporter wraps torch.export errors in its own types
+            raise ExportError(
+                f"torch.onnx.export (dynamo) failed for this model: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
+        optimize_graph(program.model)
+    proto = ir.serde.serialize_model(program.model)
+    proto.producer_name = "psvit-deploy (torch.onnx dynamo)"
+    proto.producer_version = torch.__version__
+    return proto

@@ -1,0 +1,320 @@
+"""Build a serialized TensorRT engine from an ONNX file, with TensorRT 10.x/11.x or TensorRT-RTX.
+
+All three share the strongly-typed builder API: precision comes from the ONNX types (an FP16-typed graph
+builds FP16, Q/DQ builds INT8), never from builder flags (TensorRT 11 removed BuilderFlag.FP16/INT8).
+TensorRT 10.x needs the STRONGLY_TYPED creation flag; 11.x and TensorRT-RTX are always strongly typed.
+
+Why the TensorRT API directly and not Polygraphy's loaders: Polygraphy picks TensorRT or TensorRT-RTX from
+the environment variable ``POLYGRAPHY_USE_TENSORRT_RTX`` read at import time, so one process cannot choose
+per call, and its ``NetworkFromOnnxPath`` reports parser failures as a generic exception. The builder calls
+we need (network, parser, one optimization profile, builder optimization level, workspace) are ten lines
+of the shared API, and parser errors can be reported node by node.
+
+TensorRT-RTX builds ahead of time on a machine without a GPU (CI does this); running its engines needs an
+RTX-class GPU. What TensorRT-RTX 1.7 does without a GPU (checked here): it builds for every compute
+capability it supports (set explicitly below, so the sidecar can record the target); timing-cache calls are
+accepted but are no-ops (deprecated since TensorRT-RTX 1.2: it tunes on the target GPU), so no timing cache is
+used with it; ``IProgressMonitor`` reports the build phases; deserializing a plan (and so the engine
+inspector) needs a GPU. Measured build times with TensorRT-RTX 1.7 on 2 shared CPU cores, optimization level 0:
+psvit_micro 0.8-2 s (FP32 or FP16), DeiT-Tiny FP32 224x224 about 3 s, PSViT-2D-Tiny about 3 s,
+DeiT-Small FP16 about 1.5 s.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..errors import MissingDependencyError
+from ..provenance import atomic_output
+from .errors import EngineBuildError
+
+FLAVOURS = ("auto", "tensorrt", "tensorrt_rtx")
+DEFAULT_BATCH_PROFILE = (1, 8, 32)  # min, opt, max for graphs with a dynamic batch
+_INSTALL = {
+    "tensorrt": "pip install tensorrt (data-centre GPUs)",
+    "tensorrt_rtx": "pip install tensorrt-rtx (RTX GPUs; also builds on a CPU-only machine)",
+}
+_LOGGERS: dict[str, Any] = {}  # one logger per module: TensorRT keeps the first one it was given
+
+
+@dataclass
+class EngineBuild:
+    """A built engine and how it was built (the plan stays raw: provenance belongs in a sidecar)."""
+
+    plan: bytes
+    flavour: str  # "tensorrt" | "tensorrt_rtx"
+    version: str
+    seconds: float
+    onnx_path: str
+    profile: dict[str, list[list[int]]] | None  # input -> [min, opt, max] shapes; None for static graphs
+    optimization_level: int | None
+    warnings: list[str] = field(default_factory=list)
+    workspace_bytes: int | None = None
+    device: "DeviceInfo | None" = None  # the GPU it was built on; None for an ahead-of-time build
+    target: dict[str, Any] = field(default_factory=dict)  # what the plan runs on (see :func:`build_target`)
+    timing_cache: str = "not used"  # what happened to the timing cache, in words
+    batch: tuple[int, int, int] | None = None  # (min, opt, max) of the profile; None for a static graph
+    timing_cache_blob: bytes | None = field(default=None, repr=False)  # the updated cache (TensorRT only)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan atomically."""
+        path = Path(path)
+        with atomic_output(path, suffix=".engine") as tmp:
+            tmp.write_bytes(self.plan)
+        return path
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The CUDA GPU the builder sees."""
+
+    name: str
+    compute_capability: str  # "8.6"
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe key, e.g. ``nvidia-geforce-rtx-4090-sm89``."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return f"{slug}-sm{self.compute_capability.replace('.', '')}"
+
+
+def detect_device() -> DeviceInfo | None:
+    """The first CUDA GPU (through PyTorch, which psvit-deploy depends on), or None without one."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability(0)
+        return DeviceInfo(torch.cuda.get_device_name(0), f"{major}.{minor}")
+    except Exception:  # a broken driver is "no GPU" for the builder's purposes
+        return None
+
+
+def rtx_compute_capabilities(trt: ModuleType) -> list[Any]:
+    """The compute capabilities an ahead-of-time TensorRT-RTX build targets: Ampere (8.0) and newer.
+
+    Turing (7.5) is left out: TensorRT-RTX 1.7 cannot compile FP32 GEMMs for it ("Cannot compile operation
+    ... for Turing (SM75): FP32 GEMM is not supported"), and PSViT graphs have FP32 GEMMs at every precision
+    (FP32 engines; the classifier head of FP16/INT8 graphs may stay FP32)."""
+    return [v for k, v in trt.ComputeCapability.__members__.items() if k.startswith("SM") and int(v) >= 80]
+
+
+def cc_text(value: Any) -> str:
+    """``ComputeCapability.SM86`` -> ``"8.6"``, ``SM120`` -> ``"12.0"``."""
+    digits = str(int(value))
+    return f"{digits[:-1]}.{digits[-1]}"
+
+
+def build_target(name: str, trt: ModuleType, device: DeviceInfo | None) -> dict[str, Any]:
+    """What a plan built by ``name`` here runs on: the current GPU, or the AOT compute-capability list."""
+    if device is not None:
+        return {"ahead_of_time": False, "device": device.name, "compute_capabilities": [device.compute_capability],
+                "key": device.key}
+    if name == "tensorrt_rtx":
+        ccs = [cc_text(v) for v in rtx_compute_capabilities(trt)]
+        return {"ahead_of_time": True, "compute_capabilities": ccs,
+                "key": "aot-" + "-".join("sm" + c.replace(".", "") for c in ccs),
+                "note": "ahead-of-time build, no GPU present: runs on an RTX-class GPU of these compute "
+                        "capabilities"}
+    raise EngineBuildError(
+        "TensorRT (tensorrt) builds for the GPU it runs on and no CUDA GPU is visible here; build on the target "
+        "GPU, or use --builder tensorrt-rtx (it builds ahead of time without a GPU, for RTX-class GPUs)"
+    )
+
+
+def import_tensorrt(flavour: str = "auto") -> tuple[ModuleType, str]:
+    """The TensorRT module for ``flavour``; ``auto`` prefers ``tensorrt`` and falls back to TensorRT-RTX."""
+    import importlib
+
+    if flavour not in FLAVOURS:
+        raise EngineBuildError(f"unknown TensorRT flavour {flavour!r}; use one of {', '.join(FLAVOURS)}")
+    names = ["tensorrt", "tensorrt_rtx"] if flavour == "auto" else [flavour]
+    for name in names:
+        try:
+            return importlib.import_module(name), name
+        except ImportError:
+            continue
+    how = " or ".join(_INSTALL[n] for n in names)
+    raise MissingDependencyError(f"no TensorRT builder is installed ({', '.join(names)}). Install it with: {how}")
+
+
+def _logger(trt: ModuleType, name: str) -> Any:
+    """A logger that keeps TensorRT's errors and warnings for our messages instead of printing them."""
+    if name not in _LOGGERS:
+
+        class CollectingLogger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.messages: list[str] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                if int(severity) <= int(trt.ILogger.Severity.WARNING):
+                    self.messages.append(f"{severity.name}: {msg}")
+
+        _LOGGERS[name] = CollectingLogger()
+    return _LOGGERS[name]
+
+
+def _progress_monitor(trt: ModuleType, report: Callable[[str], None]) -> Any:
+    """An ``IProgressMonitor`` that reports "phase (step/steps)" lines; None where the module has none."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.steps[phase_name] = num_steps
+            self._say(phase_name)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            self._say(f"{phase_name} ({step + 1}/{self.steps.get(phase_name, '?')})")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            self.steps.pop(phase_name, None)
+
+        def _say(self, text: str) -> None:
+            try:
+                report(text)
+            except Exception:  # a display problem must not abort a build running in TensorRT's thread
+                pass
+
+    return Monitor()
+
+
+def _apply_timing_cache(trt: ModuleType, name: str, config: Any, blob: bytes | None) -> str:
+    """Attach a timing cache (``blob``: serialized, or None for a new one); returns what happened."""
+    if name == "tensorrt_rtx":
+        return ("not used: TensorRT-RTX ignores timing caches (no-ops since 1.2; it tunes on the target GPU)")
+    cache = config.create_timing_cache(blob or b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return "loaded" if blob else "new"
+
+
+def _parser_errors(parser: Any) -> list[str]:
+    out = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        where = ""
+        node_name = getattr(err, "node_name", None)
+        if callable(node_name) and node_name():
+            where = f" at node {node_name()} ({err.node_operator()})"
+        out.append(f"{err.desc() if callable(getattr(err, 'desc', None)) else err}{where}")
+    return out
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    *,
+    flavour: str = "auto",
+    batch: tuple[int, int, int] | None = None,
+    optimization_level: int | None = None,
+    workspace_bytes: int | None = None,
+    timing_cache: bytes | None = None,
+    use_timing_cache: bool = False,
+    progress: Callable[[str], None] | None = None,
+    device: DeviceInfo | None = None,
+) -> EngineBuild:
+    """Parse ``onnx_path`` and build a serialized engine.
+
+    Args:
+        flavour: ``tensorrt``, ``tensorrt_rtx`` or ``auto`` (the first that imports).
+        batch: (min, opt, max) batch of the optimization profile; None means :data:`DEFAULT_BATCH_PROFILE`
+            for a dynamic batch. A graph with a fixed batch gets no profile (and refuses ``batch``).
+        optimization_level: builder optimization level 0..5 (None: TensorRT's default, 3); 0 builds fastest.
+        workspace_bytes: workspace memory pool limit (None: TensorRT's default).
+        timing_cache, use_timing_cache: with ``use_timing_cache``, start from the serialized cache ``timing_cache``
+            (None: a new one) and return the updated cache in ``EngineBuild.timing_cache_blob`` (TensorRT only).
+        progress: called with the builder's phase/step lines (``IProgressMonitor``) while it builds.
+        device: the GPU building it (None: :func:`detect_device`); without one only TensorRT-RTX builds,
+            ahead of time for the compute capabilities of :func:`rtx_compute_capabilities`.
+    """
+    trt, name = import_tensorrt(flavour)
+    device = device or detect_device()
+    target = build_target(name, trt, device)
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise EngineBuildError(f"ONNX file {path} does not exist")
+    logger = _logger(trt, name)
+    logger.messages.clear()
+    start = time.perf_counter()
+    builder = trt.Builder(logger)
+    flags = 0
+    major = int(trt.__version__.split(".")[0])
+    if name == "tensorrt" and major < 11:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):
+        errors = _parser_errors(parser) or ["(no error reported)"]
+        raise EngineBuildError(f"{name} {trt.__version__} cannot parse {path}:\n  " + "\n  ".join(errors))
+    config = builder.create_builder_config()
+    if optimization_level is not None:
+        if not 0 <= optimization_level <= 5:
+            raise EngineBuildError(f"builder optimization level must be 0..5, got {optimization_level}")
+        config.builder_optimization_level = optimization_level
+    if workspace_bytes is not None:
+        if workspace_bytes <= 0:
+            raise EngineBuildError(f"the workspace limit must be positive, got {workspace_bytes} bytes")
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names and types for the inspector
+    if name == "tensorrt_rtx" and device is None:
+        ccs = rtx_compute_capabilities(trt)
+        config.num_compute_capabilities = len(ccs)
+        for i, cc in enumerate(ccs):
+            config.set_compute_capability(cc, i)
+    cache_note = "not used"
+    if use_timing_cache:
+        cache_note = _apply_timing_cache(trt, name, config, timing_cache)
+    monitor = _progress_monitor(trt, progress) if progress is not None else None
+    if monitor is not None:
+        config.progress_monitor = monitor
+
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    dynamic = [t for t in inputs if any(d < 0 for d in t.shape)]
+    profile_shapes: dict[str, list[list[int]]] | None = None
+    if dynamic:
+        lo, opt, hi = batch or DEFAULT_BATCH_PROFILE
+        if not 1 <= lo <= opt <= hi:
+            raise EngineBuildError(f"batch profile must satisfy 1 <= min <= opt <= max, got {(lo, opt, hi)}")
+        profile = builder.create_optimization_profile()
+        profile_shapes = {}
+        for t in dynamic:
+            rest = list(t.shape)[1:]
+            if any(d < 0 for d in rest):
+                raise EngineBuildError(
+                    f"input {t.name} has dynamic dims besides the batch ({list(t.shape)}); export with static "
+                    f"token counts (psvit-export onnx does)"
+                )
+            shapes = [[b, *rest] for b in (lo, opt, hi)]
+            profile.set_shape(t.name, *shapes)
+            profile_shapes[t.name] = shapes
+        config.add_optimization_profile(profile)
+    elif batch is not None:
+        raise EngineBuildError(
+            f"{path.name} has a fixed batch {list(inputs[0].shape)[0]}; drop the batch profile or export with "
+            f"--batch dynamic"
+        )
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        log = "\n  ".join(logger.messages[-10:]) or "(TensorRT reported nothing)"
+        raise EngineBuildError(f"{name} {trt.__version__} parsed {path.name} but could not build an engine:\n  {log}")
+    cache_blob = None
+    if use_timing_cache and name != "tensorrt_rtx":
+        cache_blob = bytes(config.get_timing_cache().serialize())
+    return EngineBuild(
+        plan=bytes(plan), flavour=name, version=trt.__version__, seconds=time.perf_counter() - start,
+        onnx_path=str(path), profile=profile_shapes, optimization_level=optimization_level,
+        warnings=list(logger.messages), workspace_bytes=workspace_bytes, device=device, target=target,
+        timing_cache=cache_note, batch=(lo, opt, hi) if dynamic else None, timing_cache_blob=cache_blob,
+    )

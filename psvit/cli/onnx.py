@@ -1,0 +1,89 @@
+"""``psvit-export onnx SOURCE --out FILE``: export to ONNX (FP32/FP16) and verify against PyTorch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from .console import console, err_console
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+@app.command("onnx")
+def onnx_command(
+    source: str = typer.Argument(..., metavar="SOURCE", help="Checkpoint (.safetensors; .pth needs --variant), 'demo', or a "
+                                           "variant name (random weights)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .onnx file."),
+    variant: Optional[str] = typer.Option(None, help="Architecture of a .pth state dict without a config."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16-typed graph (LayerNorm and overflowing nodes FP32)."),
+    fp16_io: bool = typer.Option(False, "--fp16-io", help="With --fp16: FP16 inputs/outputs too (default FP32)."),
+    batch: str = typer.Option("dynamic", help="'dynamic' or a fixed positive batch size."),
+    shared_attention: str = typer.Option("map", help="map | qk | auto (per stage by token count)."),
+    qk_min_tokens: Optional[int] = typer.Option(
+        None, help="With --shared-attention auto: stages with at least this many tokens use qk "
+                   "(default 33, measured on an H200)."),
+    opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
+    data: Optional[Path] = typer.Option(
+        None, help="Verification/FP16-range samples: image folder or .npy/.npz (default: random images)."),
+    count: int = typer.Option(8, help="Number of verification samples."),
+    seed: int = typer.Option(0, help="Seed of random weights (variant sources) and random samples."),
+    verify_strict: bool = typer.Option(
+        True, "--verify-strict/--no-verify-strict",
+        help="Fail (and write nothing) when a graph check or the verification fails; "
+             "--no-verify-strict keeps the file and warns."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the export report as JSON."),
+) -> None:
+    """Export to ONNX with static token counts, check the graph and verify it against PyTorch."""
+    from ..export import export_onnx
+    from ..provenance import atomic_output
+
+    result = export_onnx(
+        source, out, variant=variant, fp16=fp16, fp16_io=fp16_io, batch=batch,
+        shared_attention=shared_attention, qk_min_tokens=qk_min_tokens, opset=opset, data=data, count=count,
+        strict=verify_strict, seed=seed, log=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+    )
+    src = result.source
+    if src.random_weights:
+        err_console.print(f"[bold yellow]WARNING: {src.description}. The ONNX file records this "
+                          f"(psvit.random_weights=true).[/]", highlight=False)
+    table = Table(title=f"exported {result.path}", show_header=False)
+    table.add_row("source", src.description + (f" (sha256 {src.sha256[:12]}…)" if src.sha256 else ""))
+    table.add_row("size", _fmt_bytes(result.size_bytes) + (f" + external data {result.external_data}"
+                                                          if result.external_data else ""))
+    io = f", I/O {result.io_precision}" if result.precision == "fp16" else ""
+    table.add_row("precision", f"{result.precision}{io}")
+    table.add_row("batch / opset", f"{'dynamic' if result.batch is None else result.batch} / {result.opset}")
+    plan = result.sharing
+    stages = ", ".join(
+        f"{n} tok: {m or '-'}" for n, m in zip(plan.tokens, plan.effective_modes())
+    )
+    rule = f" (qk when tokens >= {plan.qk_min_tokens})" if plan.qk_min_tokens else ""
+    table.add_row("shared attention", f"{plan.requested}{rule} → {stages}")
+    g = result.graph
+    table.add_row("graph", f"{g.nodes} nodes, {g.softmax} Softmax (expected {g.expected_softmax}), "
+                           f"{sum(g.shape_ops.values())} shape ops, {len(g.symbolic_dims)} non-batch symbolic "
+                           f"tensors, {len(g.duplicated_initializers)} duplicated initializers")
+    if result.fp16 is not None:
+        f = result.fp16
+        table.add_row("fp16 kept in fp32", f"ops {', '.join(f.kept_fp32_ops)}; {len(f.overflow_nodes)} overflowing "
+                                          f"node(s) (> {f.overflow_threshold:.0f}); "
+                                          f"{len(f.shape_arithmetic_nodes)} shape-arithmetic node(s)")
+    for c in result.verification:
+        top1 = f", top-1 agreement {c.top1_agreement:.1%}" if c.top1_agreement is not None else ""
+        mark = "[green]pass[/]" if c.passed else "[red]FAIL[/]"
+        table.add_row(f"verify: {c.candidate}", f"{mark} rel L2 {c.worst_rel_l2:.2e} (≤ {c.max_rel_l2:g}){top1}, "
+                                                 f"{c.samples} samples")
+    table.add_row("time", ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    console.print(table)
+    for w in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+    if report is not None:
+        with atomic_output(report, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))

@@ -1,0 +1,126 @@
+"""``psvit-export trt SOURCE --out FILE``: a TensorRT / TensorRT-RTX engine plus its sidecar ``FILE.json``."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from .console import console, err_console
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+class _Status:
+    """A rich spinner showing the builder's current phase and the elapsed time."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.phase = "starting"
+        self.status = err_console.status("", spinner="dots")
+
+    def __enter__(self) -> "_Status":
+        self.status.__enter__()
+        self._show()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.status.__exit__(*exc)
+
+    def _show(self) -> None:
+        self.status.update(f"building engine [{time.perf_counter() - self.start:5.1f} s] {self.phase}")
+
+    def log(self, msg: str) -> None:
+        err_console.print(f"[dim]{msg}[/]", highlight=False)
+        self._show()
+
+    def progress(self, phase: str) -> None:
+        self.phase = phase
+        self._show()
+
+
+@app.command("trt")
+def trt_command(
+    source: str = typer.Argument(..., metavar="SOURCE", help="Checkpoint (.safetensors), 'demo', a variant name "
+                                 "(random weights), an FP32 ONNX, or an FP16 / Q-DQ INT8 ONNX (built as it is)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Engine file (raw plan); its sidecar is FILE.json."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 engine (an FP32 source is converted on the way)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 engine (an FP32 source is calibrated: needs --calib-data)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="INT8 calibration images: image folder "
+                                              "or .npy/.npz (also the value ranges of an FP16 conversion)."),
+    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="At most this many calibration images."),
+    calib_batch: Optional[int] = typer.Option(None, "--calib-batch", help="Images per calibration run."),
+    calib_method: str = typer.Option("max", "--calib-method", help="max | percentile | entropy | mse."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache file "
+                                               "(default: next to the INT8 ONNX)."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="MIN:OPT:MAX profile or a fixed N "
+                                        "(default 1:8:32 for a dynamic batch)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace limit, e.g. 512M, 2G "
+                                            "(default: TensorRT's)."),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", help="Builder optimization level 0-5 "
+                                            "(default 3; 0 builds fastest)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file (TensorRT only; "
+                                                "default: one per TensorRT version and GPU in ~/.cache)."),
+    builder: str = typer.Option("auto", "--builder", help="auto | tensorrt | tensorrt-rtx (auto: tensorrt if "
+                                "installed, else tensorrt-rtx)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if a matching engine exists."),
+) -> None:
+    """Build a TensorRT or TensorRT-RTX engine (raw plan) with a provenance sidecar; reuse a matching one."""
+    from ..export import build_engine_file
+    from ..export.errors import EngineBuildError
+
+    if builder not in ("auto", "tensorrt", "tensorrt-rtx", "tensorrt_rtx"):
+        raise EngineBuildError(f"--builder {builder!r}: use auto, tensorrt or tensorrt-rtx")
+    command = shlex.join(["psvit-export", "trt", *sys.argv[2:]]) if sys.argv[1:2] == ["trt"] else None
+    with _Status() as status:
+        result = build_engine_file(
+            source, out, fp16=fp16, int8=int8, calib_data=calib_data, calib_count=calib_count,
+            calib_batch=calib_batch, calib_method=calib_method, calib_cache=calib_cache, batch=batch,
+            workspace=workspace, optimization_level=opt_level, timing_cache=timing_cache, flavour=builder,
+            force=force, command=command, log=status.log, progress=status.progress,
+        )
+    sc = result.sidecar
+    title = f"{'reused' if result.reused else 'built'} {result.path}"
+    table = Table(title=title, show_header=False)
+    table.add_row("builder", f"{sc.flavour} {sc.version}")
+    if sc.device_name:
+        table.add_row("GPU", f"{sc.device_name} (compute capability {sc.compute_capability})")
+    else:
+        table.add_row("target", f"ahead of time, no GPU present: compute capability "
+                                f"{', '.join(sc.target.get('compute_capabilities', []))}")
+    table.add_row("precision", sc.precision.upper())
+    if sc.profile:
+        table.add_row("profile", "; ".join(f"{k}: min {v[0]} opt {v[1]} max {v[2]}" for k, v in sc.profile.items()))
+    else:
+        table.add_row("shapes (static)", "; ".join(f"{k}: {v}" for k, v in (sc.static_shapes or {}).items()))
+    table.add_row("ONNX", f"{sc.onnx_path} (sha256 {sc.onnx_sha256[:12]}…)")
+    if sc.calibration:
+        c = sc.calibration
+        table.add_row("calibration", f"method {c.get('method', '?')}, cache {c.get('cache') or c.get('cache_path') or '?'} "
+                                     f"(sha256 {str(c.get('cache_sha256', '?'))[:12]}…"
+                                     f"{', reused' if c.get('cache_reused') else ''})")
+    for step in result.steps:
+        table.add_row("step", step)
+    opts = sc.build_options
+    table.add_row("options", f"opt level {opts.get('optimization_level') if opts.get('optimization_level') is not None else 'default'}, "
+                             f"workspace {_fmt_bytes(opts['workspace_bytes']) if opts.get('workspace_bytes') else 'default'}")
+    table.add_row("timing cache", str(opts.get("timing_cache")))
+    table.add_row("size", _fmt_bytes(sc.engine_bytes))
+    table.add_row("build time", f"{sc.build_seconds:.1f} s" + (f" (at {sc.built_at}; reused now)" if result.reused else ""))
+    check = sc.precision_check or {}
+    table.add_row("layer precisions", str(check.get("status", "")) + (
+        f" ({', '.join(f'{k} {v}' for k, v in check.get('counts', {}).items())})" if check.get("counts") else ""))
+    parity = check.get("parity") or {}
+    table.add_row("vs ONNX Runtime", str(parity.get("status", "")) + (
+        f" (rel L2 {parity['rel_l2']:.2e} ≤ {parity['max_rel_l2']:g})" if "rel_l2" in parity else ""))
+    table.add_row("sidecar", str(result.sidecar_path))
+    console.print(table)
+    for w in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
