@@ -25,6 +25,7 @@ def _register_commands() -> None:
     from . import compare  # noqa: F401
     from . import inspect  # noqa: F401
     from . import trt  # noqa: F401
+    from . import calibrate  # noqa: F401
 
 
 @app.callback()

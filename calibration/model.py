@@ -1,0 +1,79 @@
+"""The FP32 input of calibration: an exported PSViT ONNX file (or a source exported on the fly), checked."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CalibrationError
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger")
+_EXPORT_HINT = "export it with: psvit-export onnx SOURCE --out model.onnx"
+
+
+@dataclass(frozen=True)
+class Fp32Model:
+    """A checked FP32 PSViT graph and what calibration needs from its metadata."""
+
+    path: Path
+    metadata: dict[str, Any]
+    preprocess: dict[str, Any]
+    input_name: str
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    static_batch: int | None
+    num_classes: int
+
+
+def load_fp32_model(path: str | os.PathLike) -> Fp32Model:
+    """Read and check an FP32 ONNX file written by ``psvit-export onnx``; a Q/DQ or FP16 graph is refused."""
+    import onnx
+
+    from ..export import read_metadata
+
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"model {path} does not exist; pass an FP32 .onnx file ({_EXPORT_HINT})")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise CalibrationError(f"{path} is not a readable ONNX file ({exc}); {_EXPORT_HINT}") from exc
+    meta = read_metadata(proto)
+    quantized = sorted({n.op_type for n in proto.graph.node if n.op_type in QDQ_OPS})
+    if quantized or meta.get("psvit.precision") == "int8":
+        raise CalibrationError(
+            f"{path} is already quantized ({', '.join(quantized) or 'psvit.precision=int8'}); calibrate the FP32 "
+            f"export instead ({_EXPORT_HINT})"
+        )
+    if "psvit.preprocess" not in meta or "psvit.config" not in meta:
+        raise CalibrationError(
+            f"{path} has no psvit metadata (psvit.preprocess / psvit.config), so its preprocessing is unknown; "
+            f"{_EXPORT_HINT}"
+        )
+    if meta.get("psvit.precision", "fp32") != "fp32":
+        raise CalibrationError(
+            f"{path} is a {meta['psvit.precision']} graph; calibrate the FP32 export (psvit-export onnx without "
+            f"--fp16): the INT8 graph gets its FP16 parts after quantization"
+        )
+    (inp,) = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != 4 or None in dims[1:]:
+        raise CalibrationError(f"{path}: expected one image input (N, C, H, W) with a fixed size, got {dims}")
+    cfg = meta["psvit.config"]
+    cfg = json.loads(cfg) if isinstance(cfg, str) else cfg
+    return Fp32Model(
+        path=path, metadata=meta, preprocess=dict(meta["psvit.preprocess"]), input_name=inp.name,
+        input_shape=(int(dims[1]), int(dims[2]), int(dims[3])), static_batch=dims[0],
+        num_classes=int(cfg.get("num_classes", 0)),
+    )
+
+
+def export_fp32(source: str, folder: str | os.PathLike, log: Callable[[str], None] | None = None) -> Path:
+    """Export a checkpoint, ``demo`` or variant to an FP32 ONNX file in ``folder`` (verified by export_onnx)."""
+    from ..export import export_onnx
+
+    out = Path(folder) / "fp32.onnx"
+    export_onnx(source, out, log=log)
+    return out
