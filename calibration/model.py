@@ -29,17 +29,11 @@ class Fp32Model:
 
 def load_fp32_model(path: str | os.PathLike) -> Fp32Model:
     """Read and check an FP32 ONNX file written by ``psvit-export onnx``; a Q/DQ or FP16 graph is refused."""
-    import onnx
-
     from ..export import read_metadata
+    from ..export.onnx_io import load_onnx_graph
 
     path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"model {path} does not exist; pass an FP32 .onnx file ({_EXPORT_HINT})")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise CalibrationError(f"{path} is not a readable ONNX file ({exc}); {_EXPORT_HINT}") from exc
+    proto = load_onnx_graph(path, CalibrationError, f"pass an FP32 .onnx file ({_EXPORT_HINT})")
     meta = read_metadata(proto)
     quantized = sorted({n.op_type for n in proto.graph.node if n.op_type in QDQ_OPS})
     if quantized or meta.get("psvit.precision") == "int8":

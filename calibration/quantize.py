@@ -28,7 +28,8 @@ from .data import DEFAULT_BATCH, CalibrationSet, CalibSpec, load_calibration_set
 from .errors import CalibrationError
 from .methods import ORT_METHOD, check_method, entropy_ranges, mse_ranges, ort_extra_options, parameters
 from .model import Fp32Model, export_fp32, load_fp32_model
-from .recipe import OP_TYPES, Recipe, name_nodes, plan_recipe
+from ..export.onnx_io import name_nodes
+from .recipe import OP_TYPES, Recipe, plan_recipe
 
 FP16_KEEP_OPS = ("LayerNormalization", "QuantizeLinear", "DequantizeLinear")
 FP16_SAMPLES = 8

@@ -46,18 +46,6 @@ class Recipe:
                 "excluded": self.excluded}
 
 
-def name_nodes(model: "onnx.ModelProto") -> None:
-    """Give unnamed nodes a unique name (the recipe and ORT refer to nodes by name)."""
-    seen = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in seen:
-                name += "_"
-            node.name = name
-            seen.add(name)
-
-
 def _attr(node: "onnx.NodeProto", name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
@@ -89,7 +77,7 @@ def classify(model: "onnx.ModelProto") -> dict[str, str]:
 def plan_recipe(
     model: "onnx.ModelProto", *, quantize_qk: bool = False, exclude: Sequence[str] = ()
 ) -> Recipe:
-    """The PSViT recipe for ``model`` (nodes must be named: see :func:`name_nodes`)."""
+    """The PSViT recipe for ``model`` (nodes must be named: see :func:`psvit.export.onnx_io.name_nodes`)."""
     try:
         patterns = [re.compile(p) for p in exclude]
     except re.error as exc:

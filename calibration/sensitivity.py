@@ -56,7 +56,8 @@ def layer_sensitivity(
     from ..export import OnnxRuntimeRunner, compare
     from ..provenance import sha256_file
     from .quantize import ort_quantize
-    from .recipe import name_nodes, plan_recipe
+    from ..export.onnx_io import name_nodes
+    from .recipe import plan_recipe
 
     cache = read_cache(cache_path)
     if cache["model_sha256"] != sha256_file(fp32_path):

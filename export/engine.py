@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, PSViTError
-from ..provenance import atomic_output, package_versions, sha256_file
+from ..provenance import atomic_output, check_output_folder, package_versions, sha256_file
 from .engine_options import (
     OnnxFacts, inspect_onnx_file, parse_batch_profile, parse_size, resolve_precision,
 )
@@ -67,14 +66,7 @@ def check_engine_output(out: str | os.PathLike) -> Path:
         raise EngineBuildError(f"--out {out} is a folder; name an engine file, e.g. {out / 'model.engine'}")
     if out.suffix == ".onnx" or out.name.endswith(".json"):
         raise EngineBuildError(f"--out {out}: an engine file should not end in {out.suffix}; use e.g. .engine")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise EngineBuildError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
-    try:  # os.access says yes to root even where the file system refuses, so try it
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        raise EngineBuildError(f"output folder {parent} is not writable ({exc.strerror}); choose another --out") from exc
+    check_output_folder(out, EngineBuildError)
     return out
 
 

@@ -71,18 +71,11 @@ class OnnxFacts:
 
 def inspect_onnx_file(path: str | os.PathLike) -> OnnxFacts:
     """Read the graph (not the weights) of ``path`` and decide its precision; refuse non-ONNX files."""
-    import onnx
-
     from .metadata import read_metadata
+    from .onnx_io import load_onnx_graph
 
     path = Path(path)
-    if not path.is_file():
-        raise EngineBuildError(f"ONNX file {path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise EngineBuildError(f"{path} is not an ONNX model ({type(exc).__name__}); pass a .onnx file, a "
-                               f"checkpoint or 'demo'") from exc
+    model = load_onnx_graph(path, EngineBuildError, "pass a .onnx file, a checkpoint or 'demo'")
     graph = model.graph
     if not graph.node or not graph.input:
         raise EngineBuildError(f"{path} is not an ONNX model with a graph (no nodes or inputs)")

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import require
 from .errors import ExportError
+from .onnx_io import name_nodes
 
 if TYPE_CHECKING:
     import onnx
@@ -54,18 +55,6 @@ class Fp16Report:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _name_nodes(model: "onnx.ModelProto") -> None:
-    """Give unnamed nodes a unique name (block lists refer to nodes by name)."""
-    seen = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in seen:
-                name += "_"
-            node.name = name
-            seen.add(name)
 
 
 def _elem_types(model: "onnx.ModelProto") -> dict[str, int]:
@@ -336,7 +325,7 @@ def convert_fp16(
         raise ExportError(f"headroom must be at least 1, got {headroom}")
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
-    _name_nodes(model_copy)
+    name_nodes(model_copy)
     threshold = FP16_MAX / headroom
     shape_nodes = shape_arithmetic_nodes(model_copy)
     overflow = overflow_nodes(model_copy, sample_inputs, threshold)

@@ -93,14 +93,10 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxSummary:
     import onnx
 
     from .metadata import decode
+    from .onnx_io import load_onnx_graph
 
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"ONNX file {path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ExportError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    model = load_onnx_graph(path, ExportError)
     values = _types_and_shapes(model)
     g = model.graph
     ops = Counter(n.op_type for n in g.node)

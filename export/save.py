@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..provenance import atomic_output
+from ..provenance import atomic_output, check_output_folder
 from .errors import ExportError
 
 if TYPE_CHECKING:
@@ -53,14 +52,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".onnx":
         raise ExportError(f"--out {path}: the output file must end in .onnx")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ExportError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
-    try:  # os.access says yes to root even where the file system refuses, so try it
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        raise ExportError(f"output folder {parent} is not writable ({exc.strerror}); choose another --out") from exc
+    check_output_folder(path, ExportError)
     if path.is_dir():
         raise ExportError(f"--out {path} is a folder; name a file ending in .onnx")
     return path

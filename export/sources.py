@@ -32,11 +32,7 @@ class ModelSource:
 
     @property
     def preprocess(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "img_size": c.img_size, "mean": list(c.mean), "std": list(c.std),
-            "crop_pct": c.crop_pct, "interpolation": c.interpolation,
-        }
+        return self.config.preprocess
 
 
 def is_checkpoint_like(source: str | os.PathLike) -> bool:

@@ -44,11 +44,7 @@ class Checkpoint:
     @property
     def preprocess(self) -> dict[str, Any]:
         """Input size and normalisation the weights expect."""
-        c = self.config
-        return {
-            "img_size": c.img_size, "mean": list(c.mean), "std": list(c.std),
-            "crop_pct": c.crop_pct, "interpolation": c.interpolation,
-        }
+        return self.config.preprocess
 
 
 def resolve_checkpoint_path(source: str | os.PathLike) -> Path:

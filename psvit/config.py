@@ -188,6 +188,14 @@ class PSViTConfig:
         """Distinct attention maps computed per forward pass."""
         return self.depth - len(self.share)
 
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """Input size and normalisation the weights expect (see :class:`psvit.preprocessing.Preprocess`)."""
+        return {
+            "img_size": self.img_size, "mean": list(self.mean), "std": list(self.std),
+            "crop_pct": self.crop_pct, "interpolation": self.interpolation,
+        }
+
     # ---- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -34,20 +34,31 @@ def _umask() -> int:
     return mask
 
 
+def check_output_folder(path: str | os.PathLike, error: type[Exception] | None = None) -> Path:
+    """Fail early (before minutes of work) when the folder that will hold ``path`` is missing or read-only."""
+    from .errors import PSViTError
+
+    error = error or PSViTError
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise error(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
+    try:  # os.access says yes to root even where the file system refuses, so try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise error(f"output folder {parent} is not writable ({exc.strerror}); choose another --out") from exc
+    return parent
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
     A failure (or Ctrl-C) leaves neither a half-written ``path`` nor the temporary file behind.
     """
-    from .errors import PSViTError
-
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise PSViTError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
-    if not os.access(parent, os.W_OK):
-        raise PSViTError(f"output folder {parent} is not writable; choose another --out")
+    parent = check_output_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)

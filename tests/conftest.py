@@ -46,3 +46,13 @@ def write_image(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def demo_fp32_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled demo model exported to FP32 ONNX once per session; do not modify it."""
+    from psvit.export import export_onnx
+
+    path = tmp_path_factory.mktemp("demo-onnx") / "demo_fp32.onnx"
+    export_onnx("demo", path, count=2)
+    return path

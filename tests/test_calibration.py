@@ -22,20 +22,9 @@ from psvit.provenance import sha256_file  # noqa: E402
 CALIB = 64  # calibration images per test run (synthetic)
 
 
-def demo_fp32(factory: pytest.TempPathFactory) -> Path:
-    """The demo model exported to FP32 ONNX once per session (shared with test_cli_calibrate.py)."""
-    path = factory.getbasetemp() / "calibration-demo" / "demo_fp32.onnx"
-    if not path.exists():
-        from psvit.export import export_onnx
-
-        path.parent.mkdir(exist_ok=True)
-        export_onnx("demo", path, count=2)
-    return path
-
-
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return demo_fp32(tmp_path_factory)
+def fp32(demo_fp32_onnx: Path) -> Path:
+    return demo_fp32_onnx
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +64,7 @@ def _axis(node) -> int | None:
 
 
 def _fp32_kinds(fp32: Path) -> dict[str, str]:
-    from psvit.calibration.recipe import name_nodes
+    from psvit.export.onnx_io import name_nodes
 
     m = onnx.load(str(fp32))
     name_nodes(m)
@@ -160,7 +149,7 @@ def test_quantize_qk_flag(int8_qk, fp32: Path) -> None:
 
 def test_exclude_pattern(fp32: Path) -> None:
     m = onnx.load(str(fp32))
-    from psvit.calibration.recipe import name_nodes
+    from psvit.export.onnx_io import name_nodes
 
     name_nodes(m)
     recipe = plan_recipe(m, exclude=("^node_conv2d$",))

@@ -15,20 +15,9 @@ pytest.importorskip("onnxruntime.quantization", reason="needs onnxruntime: pip i
 from psvit.cli import main  # noqa: E402
 
 
-def demo_fp32(factory: pytest.TempPathFactory) -> Path:
-    """The demo model exported to FP32 ONNX once per session (shared with test_calibration.py)."""
-    path = factory.getbasetemp() / "calibration-demo" / "demo_fp32.onnx"
-    if not path.exists():
-        from psvit.export import export_onnx
-
-        path.parent.mkdir(exist_ok=True)
-        export_onnx("demo", path, count=2)
-    return path
-
-
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return demo_fp32(tmp_path_factory)
+def fp32(demo_fp32_onnx: Path) -> Path:
+    return demo_fp32_onnx
 
 
 def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:

@@ -45,7 +45,7 @@ def test_demo_checkpoint_to_engine_reuse_and_force(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message, needs_builder", [
     (["no_such_model"], "not an existing checkpoint file or 'demo'", True),
     (["missing.onnx"], "does not exist", True),
-    (["fake.onnx"], "is not an ONNX model", True),
+    (["fake.onnx"], "is not a readable ONNX file", True),
     (["NOT_ONNX"], "unknown checkpoint format", True),
     (["demo", "--int8", "--builder", "tensorrt-rtx"], "--int8 needs calibration images", True),
     (["demo", "--fp16", "--int8"], "--fp16 and --int8 exclude each other", False),

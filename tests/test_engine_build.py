@@ -3,9 +3,7 @@ engines of the micro model and an FP16 224x224 engine, their sidecars, reuse, ``
 rules. Checks that need a runnable engine (inspector, parity) run only with ``tensorrt`` and a GPU."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
 import shutil
 
 import onnx
