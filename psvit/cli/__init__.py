@@ -26,6 +26,8 @@ def _register_commands() -> None:
     from . import inspect  # noqa: F401
     from . import trt  # noqa: F401
     from . import calibrate  # noqa: F401
+    from . import bench  # noqa: F401
+    from . import demo  # noqa: F401
 
 
 @app.callback()

@@ -12,6 +12,7 @@ from ..checkpoint import save_checkpoint
 from ..data import LabeledImages, check_fraction, split_indices
 from ..errors import CheckpointError, ConfigError, PSViTError
 from ..preprocessing import Preprocess
+from ..provenance import check_output_folder
 from ..registry import get_config
 from ..train import TrainRecipe, build_model, train as run_training, training_metadata
 from . import app
@@ -25,9 +26,7 @@ def _check_output(out: Path) -> None:
     """Fail before training, not after, on an output that cannot be written."""
     if out.suffix != ".safetensors":
         raise CheckpointError(f"--out must end in .safetensors, got {out.name}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise PSViTError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
+    check_output_folder(out)
     if out.is_dir():
         raise PSViTError(f"--out {out} is a folder; pass a file name ending in .safetensors")
 

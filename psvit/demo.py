@@ -1,0 +1,236 @@
+"""The whole pipeline on the bundled model: ONNX FP32/FP16/INT8, engines where a builder is installed,
+accuracy per precision on the held-out synthetic images, latency per backend on this machine.
+
+The held-out set is regenerated from the demo checkpoint's metadata (data seed/count/size and the split's
+``val_fraction``), so its images are the ones the training run never saw. Every stage that cannot run here
+is kept as a row with the reason, never dropped silently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PSViTError
+
+SUMMARY = "demo_summary.json"
+FORMAT = "psvit-demo/1"
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # name, precision, path, bytes, seconds, status
+    accuracy: list[dict[str, Any]] = field(default_factory=list)
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # what, why
+    heldout: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "out": str(self.out), "heldout": self.heldout, "artifacts": self.artifacts,
+                "accuracy": self.accuracy, "latency": self.latency, "skipped": self.skipped,
+                "machine": self.machine, "seconds": self.seconds}
+
+
+def prepare_out(out: str | os.PathLike, force: bool = False) -> Path:
+    """Create ``out``; refuse a non-empty folder that holds no previous demo output (unless ``force``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PSViTError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / SUMMARY).is_file() and not force:
+        raise PSViTError(f"--out {out} is not empty and holds no earlier demo output ({SUMMARY}); choose an empty "
+                         f"or new folder, or pass --force to write into it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def heldout_set(ckpt: Any, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(images float32 (N, C, H, W), labels, facts): the demo's held-out split, regenerated."""
+    from .data import split_indices
+    from .data.synthetic import generate_synthetic, label_of
+    from .preprocessing import Preprocess
+
+    data = ckpt.metadata.get("data") or {}
+    train = ckpt.metadata.get("training") or {}
+    if data.get("kind") != "synthetic":
+        raise PSViTError("the demo checkpoint records no synthetic training data; retrain it with "
+                         "`psvit-export train --data synthetic` (README: 'The bundled demo model')")
+    count, seed, size = int(data["count"]), int(data["seed"]), int(data["size"])
+    fraction = float(train.get("val_fraction", 0.2))
+    split_seed = int((train.get("recipe") or {}).get("seed", seed))
+    labels = np.array([label_of(i) for i in range(count)], dtype=np.int64)
+    _, held = split_indices(labels, fraction, split_seed)
+    if limit is not None:
+        held = held[:limit]
+    synth = generate_synthetic(count, seed, size, indices=held)
+    pre = Preprocess.from_dict(ckpt.preprocess)
+    images = pre.batch(list(synth.images))  # (N, C, H, W) float32
+    facts = {"generator": "psvit-synthetic", "seed": seed, "count": count, "size": size, "val_fraction": fraction,
+             "images": len(held), "fingerprint": synth.fingerprint(),
+             "training_heldout_top1": train.get("heldout_top1")}
+    return images, synth.labels, facts
+
+
+def _rel_l2(ref: np.ndarray, x: np.ndarray) -> float:
+    return float(np.linalg.norm((x - ref).astype(np.float64)) / max(np.linalg.norm(ref.astype(np.float64)), 1e-30))
+
+
+def accuracy_row(name: str, precision: str, backend: str, logits: np.ndarray, labels: np.ndarray,
+                 reference: np.ndarray) -> dict[str, Any]:
+    """Top-1 accuracy on the labels, top-1 agreement and relative L2 error vs the PyTorch FP32 logits."""
+    pred = logits.argmax(1)
+    return {"artifact": name, "precision": precision, "backend": backend,
+            "top1": float(np.mean(pred == labels)), "agreement": float(np.mean(pred == reference.argmax(1))),
+            "rel_l2": _rel_l2(reference, logits), "images": int(len(labels))}
+
+
+def _build(onnx_path: Path, engine: Path, flavour: str) -> tuple[str, float]:
+    """Build ``engine`` (with its sidecar where psvit.export.engine is available): (version, seconds)."""
+    try:
+        from .export.engine import build_engine_file
+    except ImportError:  # plan only: the runtime needs a sidecar to load it
+        from .export.trt_build import build_engine
+
+        build = build_engine(onnx_path, flavour=flavour, optimization_level=0)
+        build.save(engine)
+        return build.version, build.seconds
+    t0 = time.perf_counter()
+    res = build_engine_file(onnx_path, engine, flavour=flavour, optimization_level=0, force=True,
+                            command=f"psvit-export trt {onnx_path} --out {engine} --optimization-level 0")
+    return res.sidecar.version, time.perf_counter() - t0
+
+
+def _engines(onnx_files: dict[str, Path], out: Path, result: DemoResult, say: Callable[[str], None]) -> None:
+    """Build an engine per ONNX where a TensorRT builder imports; the plans cannot run without a GPU."""
+    from .errors import MissingDependencyError
+    from .export.trt_build import import_tensorrt
+
+    try:
+        _, flavour = import_tensorrt("auto")
+    except MissingDependencyError as exc:
+        result.skipped.append({"what": "TensorRT engines", "why": str(exc)})
+        return
+    for precision, onnx_path in onnx_files.items():
+        say(f"building a {flavour} engine from {onnx_path.name} (optimization level 0)")
+        path = out / f"demo.{precision}.engine"
+        try:
+            version, seconds = _build(onnx_path, path, flavour)
+        except Exception as exc:  # noqa: BLE001 - a builder failure is a row of the demo, not its end
+            result.artifacts.append({"name": path.name, "precision": precision, "kind": f"{flavour} engine",
+                                     "status": f"build failed: {str(exc).splitlines()[-1].strip()}"})
+            continue
+        sidecar = path.with_name(path.name + ".json")
+        result.artifacts.append({"name": path.name, "precision": precision, "kind": f"{flavour} {version} engine",
+                                 "bytes": path.stat().st_size, "seconds": round(seconds, 2),
+                                 "status": "built" + (f", sidecar {sidecar.name}" if sidecar.is_file() else "")})
+        result.skipped.append({"what": f"{path.name} accuracy and latency",
+                               "why": f"{flavour} engines run only on an NVIDIA GPU (RTX-class for TensorRT-RTX); "
+                                      f"none here"})
+
+
+def run_demo(
+    out: str | os.PathLike = "runs/demo",
+    *,
+    heldout: int | None = None,
+    batches: tuple[int, ...] = (1, 32),
+    iters: int = 20,
+    warmup: str = "5",
+    engines: bool = True,
+    force: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Run the demo pipeline into ``out`` and write ``demo_summary.json`` there.
+
+    Args:
+        heldout: use only the first N held-out images (None: all of them, 1600 for the bundled model).
+        batches, iters, warmup: latency settings (kept short: the whole demo takes ~1-2 minutes on 2 cores).
+        engines: also build TensorRT/TensorRT-RTX engines where a builder is installed.
+        threads: CPU threads of every backend in the latency table (None: each framework's default).
+    """
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+    from .provenance import atomic_output
+    from .runtime import load
+    from .runtime.bench import bench, machine_info
+
+    say = log or (lambda _m: None)
+    t_all = time.perf_counter()
+    out_dir = prepare_out(out, force)
+    result = DemoResult(out=out_dir, machine=machine_info())
+    ckpt = load_checkpoint("demo")
+
+    t0 = time.perf_counter()
+    say("regenerating the held-out synthetic images from the checkpoint's metadata")
+    images, labels, result.heldout = heldout_set(ckpt, heldout)
+    result.seconds["data"] = time.perf_counter() - t0
+
+    onnx_files: dict[str, Path] = {}
+    for precision, fp16 in (("fp32", False), ("fp16", True)):
+        t0 = time.perf_counter()
+        path = out_dir / f"demo.{precision}.onnx"
+        say(f"exporting {path.name} (verified against PyTorch)")
+        res = export_onnx("demo", path, fp16=fp16)
+        onnx_files[precision] = path
+        result.artifacts.append({"name": path.name, "precision": precision, "kind": "ONNX",
+                                 "bytes": res.size_bytes, "seconds": round(time.perf_counter() - t0, 2),
+                                 "status": f"verified (rel L2 {res.verification[-1].worst_rel_l2:.1e})"})
+    t0 = time.perf_counter()
+    try:
+        from .calibration import quantize_onnx
+    except ImportError as exc:
+        result.skipped.append({"what": "INT8", "why": f"psvit.calibration is not importable ({exc})"})
+    else:
+        path = out_dir / "demo.int8.onnx"
+        say(f"calibrating {path.name} on synthetic images")
+        try:
+            q = quantize_onnx(onnx_files["fp32"], path, calib_data="synthetic", calib_count=256)
+        except Exception as exc:  # noqa: BLE001 - reported as the INT8 row's reason
+            result.skipped.append({"what": "INT8", "why": f"calibration failed: {type(exc).__name__}: {exc}"})
+        else:
+            onnx_files["int8"] = path
+            result.artifacts.append({"name": path.name, "precision": "int8", "kind": "ONNX (Q/DQ)",
+                                     "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
+                                     "status": f"{q.qdq_nodes} Q/DQ nodes, {q.images} calibration images "
+                                               f"({q.method})"})
+    result.seconds["artifacts"] = time.perf_counter() - t0
+    if engines:
+        t0 = time.perf_counter()
+        _engines(onnx_files, out_dir, result, say)
+        result.seconds["engines"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say(f"accuracy on {len(labels)} held-out images")
+    with load("demo") as torch_rt:
+        reference = torch_rt.infer(images)
+    result.accuracy.append(accuracy_row("demo.safetensors", "fp32", "PyTorch CPU", reference, labels, reference))
+    for precision, path in onnx_files.items():
+        with load(path) as rt:
+            result.accuracy.append(accuracy_row(path.name, precision, "ONNX Runtime CPU", rt.infer(images), labels,
+                                                reference))
+    result.seconds["accuracy"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report = bench(["demo", *map(str, onnx_files.values())], batches=list(batches), warmup=warmup, iters=iters,
+                   layers=False, options={"threads": threads} if threads else None, log=say)
+    for target in report.targets:
+        for b, phases in target.batches.items():
+            s = phases["end_to_end"]
+            result.latency.append({
+                "artifact": Path(target.artifact).name, "backend": f"{target.backend} {target.device}",
+                "precision": target.precision, "batch": b, "median_ms": s.median_ms, "p90_ms": s.p90_ms,
+                "p99_ms": s.p99_ms, "cv": s.cv, "throughput": s.throughput,
+            })
+    result.seconds["latency"] = time.perf_counter() - t0
+    result.seconds["total"] = time.perf_counter() - t_all
+    with atomic_output(out_dir / SUMMARY, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result

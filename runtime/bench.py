@@ -1,0 +1,130 @@
+"""Benchmark several artifacts/backends over batch sizes: one report, one comparison table, JSON."""
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .profiler import LatencyStats, Warmup, parse_warmup, profile_runtime
+
+LAYER_PROFILE_ITERS = 10  # profiled runs for per-layer times (a separate, instrumented load)
+
+
+@dataclass
+class TargetResult:
+    """One artifact on one backend: stats per batch size and phase, per-layer times where available."""
+
+    artifact: str
+    backend: str
+    description: str
+    device: str
+    precision: str
+    batches: dict[int, dict[str, LatencyStats]] = field(default_factory=dict)
+    layers: dict[str, dict[str, float]] | None = None
+    layers_batch: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact, "backend": self.backend, "description": self.description,
+            "device": self.device, "precision": self.precision,
+            "batches": {str(b): {p: s.to_dict() for p, s in phases.items()} for b, phases in self.batches.items()},
+            "layers": self.layers, "layers_batch": self.layers_batch,
+        }
+
+
+@dataclass
+class BenchReport:
+    targets: list[TargetResult]
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+
+    def comparison(self, phase: str = "end_to_end") -> list[dict[str, Any]]:
+        """Rows (target x batch): the phase's stats, compute and preprocess stats, median ratio vs the first target."""
+        rows = []
+        first = self.targets[0] if self.targets else None
+        for t in self.targets:
+            for b, phases in t.batches.items():
+                s = phases[phase]
+                base = first.batches.get(b, {}).get(phase) if first else None
+                rows.append({"target": t, "batch": b, "stats": s,
+                             "compute": phases.get("compute"), "preprocess": phases.get("preprocess"),
+                             "ratio": s.median_ms / base.median_ms if base else None})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "settings": self.settings, "results": [t.to_dict() for t in self.targets]}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were measured: CPU, threads, GPU name if one is visible."""
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": _cpu_name(),
+                            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def bench(
+    artifacts: list[str],
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    batches: list[int] = (1, 8, 32),  # type: ignore[assignment]
+    warmup: Warmup | str | int = 10,
+    iters: int = 50,
+    layers: bool = True,
+    options: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Profile each artifact at each batch size (see :func:`psvit.runtime.profile_runtime`).
+
+    ``layers``: also load an instrumented copy (ORT profiler, TensorRT IProfiler) and run it
+    :data:`LAYER_PROFILE_ITERS` times at the largest batch for per-layer times; PyTorch offers none here.
+    """
+    from .api import artifact_kind, load
+
+    say = log or (lambda _m: None)
+    warm = warmup if isinstance(warmup, Warmup) else parse_warmup(warmup)
+    results = []
+    for art in artifacts:
+        opts = dict(options or {})
+        if artifact_kind(art) != "onnxruntime":
+            opts.pop("providers", None)  # ONNX Runtime's option; the other artifacts of the run ignore it
+        rt = load(art, backend=backend, device=device, **opts)
+        b = rt.backend
+        res = TargetResult(art, b.name, b.description, b.device, b.precision)
+        with rt:
+            for n in batches:
+                say(f"{b.description}: batch {n} (warm-up {warm}, {iters} iterations)")
+                res.batches[n] = profile_runtime(rt, n, warmup=warm, iters=iters)
+        if layers and b.name in ("onnxruntime", "tensorrt"):
+            n = max(batches)
+            with load(art, backend=backend, device=device, profiling=True, **opts) as prof:
+                x = np.zeros((n, *prof.input_shape), np.float32)
+                for _ in range(LAYER_PROFILE_ITERS):
+                    prof.infer(x)
+                res.layers, res.layers_batch = prof.layer_profile(), n
+        results.append(res)
+    settings = {"batches": list(batches), "warmup": str(warm), "iters": iters, "backend": backend, "device": device}
+    return BenchReport(results, settings, machine_info())

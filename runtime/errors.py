@@ -1,0 +1,24 @@
+"""Errors of the runtime; all are :class:`psvit.errors.PSViTError`, so the CLI prints them without a traceback."""
+from __future__ import annotations
+
+from ..errors import PSViTError
+
+
+class RuntimeInputError(PSViTError, ValueError):
+    """An input batch of the wrong rank, dtype, channel count or image size; the message states what fits."""
+
+
+class ArtifactError(PSViTError):
+    """An artifact that cannot be loaded: missing, truncated, corrupt, or of an unknown kind."""
+
+
+class BackendError(PSViTError):
+    """A backend that cannot serve the request as asked (unknown name, wrong device, unsupported option)."""
+
+
+class QueueFullError(PSViTError):
+    """The micro-batcher's queue is full: slow down, add capacity, or raise ``max_queue``."""
+
+
+class BatcherClosedError(PSViTError):
+    """A request submitted to a micro-batcher after :meth:`Batcher.close`."""

@@ -1,0 +1,30 @@
+"""ONNX Runtime's profiler output (``SessionOptions.enable_profiling``) as per-op-type totals."""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+
+def op_type_totals(path: str | os.PathLike, runs: int = 1) -> dict[str, dict[str, float]]:
+    """``{op type: {"ms_per_run", "calls_per_run", "share"}}`` sorted by time, from a profile JSON file.
+
+    Kernel events (``cat == "Node"``, name ending ``_kernel_time``) are summed per ``args.op_name``; their
+    ``dur`` is in microseconds. ``runs`` is how many ``run`` calls the session made while profiling.
+    """
+    with open(path) as f:
+        events = json.load(f)
+    totals: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for ev in events:
+        if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
+            continue
+        op = ev.get("args", {}).get("op_name", "?")
+        totals[op] += float(ev.get("dur", 0)) / 1000.0
+        calls[op] += 1
+    runs = max(runs, 1)
+    whole = sum(totals.values()) or 1.0
+    return {
+        op: {"ms_per_run": ms / runs, "calls_per_run": calls[op] / runs, "share": ms / whole}
+        for op, ms in sorted(totals.items(), key=lambda kv: -kv[1])
+    }
