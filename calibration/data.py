@@ -80,7 +80,7 @@ def _from_folder(root: Path, count: int, preprocess: dict[str, Any]) -> Calibrat
         raise DataError(f"none of the {len(skipped)} image files picked from {root} could be read "
                         f"(first: {skipped[0]}); check that they are valid images")
     return CalibrationSet(
-        images=np.stack(images), fingerprint=dataset_fingerprint(used, root),
+        images=np.stack(images), fingerprint=dataset_fingerprint([f.relative_to(root) for f in used], root),
         source={"kind": "image_folder", "path": str(root), "images": len(images), "skipped": len(skipped),
                 "fingerprint_of": "sha256 of the relative paths and sizes of the files used"},
         skipped=skipped,

@@ -117,3 +117,21 @@ def test_bad_method(fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -
     code, text = _run(capsys, "calibrate", fp32, "--calib-data", "synthetic", "--method", "kl",
                       "--out", tmp_path / "x.onnx")
     assert code == 2 and "max, percentile, entropy, mse" in text
+
+
+def test_relative_image_folder(fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                               monkeypatch: pytest.MonkeyPatch, synthetic_folder: Path) -> None:
+    """A folder given relative to the working directory (as users type it) calibrates and fingerprints."""
+    import shutil
+
+    shutil.copytree(synthetic_folder, tmp_path / "calib")
+    monkeypatch.chdir(tmp_path)
+    code, text = _run(capsys, "calibrate", fp32, "--calib-data", "calib", "--calib-count", "16", "--out", "q.onnx")
+    assert code == 0, text
+    cache = json.loads((tmp_path / "q.onnx.calib.json").read_text())
+    from psvit.data.image_folder import dataset_fingerprint, scan_image_folder
+
+    index = scan_image_folder(tmp_path / "calib")
+    assert cache["data"]["images"] == 16 and cache["data"]["source"]["kind"] == "image_folder"
+    assert cache["data"]["fingerprint"] != dataset_fingerprint(index.files, index.root)  # 16 of 40 files used
+    assert (tmp_path / "q.onnx").is_file()

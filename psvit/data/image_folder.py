@@ -68,8 +68,8 @@ def scan_image_folder(root: str | os.PathLike) -> FolderIndex:
 def dataset_fingerprint(files: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
     """sha256 over the sorted (relative path, size in bytes) of ``files``.
 
-    Paths are taken relative to ``root``, or to the files' common folder when ``root`` is None, so the
-    fingerprint does not depend on where the dataset lives.
+    With ``root``, ``files`` are paths relative to it; without, real paths whose common folder is the root.
+    Either way the fingerprint does not depend on where the dataset lives.
     """
     paths = [Path(f) for f in files]
     if root is None:
