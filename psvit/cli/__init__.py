@@ -9,7 +9,8 @@ from ..errors import PSViTError
 
 app = typer.Typer(
     name="psvit-export",
-    help="PSViT deployment toolchain: model info, data, training, ONNX/FP16 export and verification.",
+    help="PSViT deployment toolchain: model info, data, training, ONNX/FP16/INT8 export with verification, "
+    "TensorRT engines, benchmarks and the end-to-end demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
