@@ -34,16 +34,12 @@ class Runner(Protocol):
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
-def _chunks(x: np.ndarray, size: int, pad: bool) -> list[tuple[np.ndarray, int]]:
-    """Split along the batch axis; with ``pad`` the last chunk is zero-padded to ``size``."""
-    out = []
-    for start in range(0, len(x), size):
-        part = x[start:start + size]
-        valid = len(part)
-        if pad and valid < size:
-            part = np.concatenate([part, np.zeros((size - valid, *part.shape[1:]), part.dtype)])
-        out.append((part, valid))
-    return out
+def _chunks(x: np.ndarray, static_batch: int | None, cap: int | None = None) -> list[tuple[np.ndarray, int]]:
+    """(chunk, valid rows) pairs along the batch axis, by the runtime's chunk plan (fixed batches padded)."""
+    from ..runtime.batching import BatchLimits, chunk_plan, pad_rows
+
+    return [(pad_rows(x[start:stop], size), stop - start)
+            for start, stop, size in chunk_plan(len(x), BatchLimits(static=static_batch), cap)]
 
 
 def _check_input(runner: Runner, x: np.ndarray) -> None:
@@ -74,7 +70,7 @@ class TorchRunner:
         _check_input(self, x)
         outs = []
         with torch.no_grad():
-            for part, _ in _chunks(np.ascontiguousarray(x, np.float32), TORCH_CHUNK, pad=False):
+            for part, _ in _chunks(np.ascontiguousarray(x, np.float32), None, TORCH_CHUNK):
                 outs.append(self.model(torch.from_numpy(part)).numpy())
         return {"logits": np.concatenate(outs).astype(np.float32)}
 
@@ -104,22 +100,15 @@ class OnnxRuntimeRunner:
                 raise ExportError(f"ONNX file {path} does not exist")
             src = str(path)
             self.name = name or str(path)
-        try:
-            self.session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
-            raise ExportError(
-                f"ONNX Runtime cannot load {self.name}: {str(exc).splitlines()[0]}"
-            ) from exc
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ExportError(f"{self.name} is not an image classifier graph (one input (N, C, H, W) expected)")
-        inp = inputs[0]
+        from ..runtime.backends.onnxruntime_backend import open_classifier_session
+
+        self.session, inp = open_classifier_session(
+            ort, src, opts, ["CPUExecutionProvider"], self.name, error=ExportError
+        )
         self.input_name = inp.name
-        self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        if not all(isinstance(d, int) for d in inp.shape[1:]):
-            raise ExportError(f"{self.name} has a dynamic image size {inp.shape}; export it with a fixed one")
-        self.input_shape = tuple(int(d) for d in inp.shape[1:])
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.static_batch = inp.static_batch
+        self.input_shape = inp.shape
+        self.input_dtype = inp.dtype
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         raw = self.metadata.get("psvit.preprocess")
@@ -127,9 +116,8 @@ class OnnxRuntimeRunner:
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         _check_input(self, x)
-        size = self.static_batch or max(len(x), 1)
         results: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
-        for part, valid in _chunks(np.asarray(x), size, pad=self.static_batch is not None):
+        for part, valid in _chunks(np.asarray(x), self.static_batch):
             outs = self.session.run(None, {self.input_name: part.astype(self.input_dtype)})
             for name, out in zip(self.output_names, outs):
                 results[name].append(np.asarray(out)[:valid])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,46 @@ def resolve_providers(providers: list[ProviderSpec] | None, device: str | None, 
     if "CPUExecutionProvider" not in [_provider_name(p) for p in out]:
         out.append("CPUExecutionProvider")
     return out
+
+
+@dataclass(frozen=True)
+class ClassifierInput:
+    """The one (N, C, H, W) input of an image-classifier graph."""
+
+    name: str
+    static_batch: int | None
+    shape: tuple[int, int, int]  # (C, H, W)
+    dtype: type
+
+
+def open_classifier_session(
+    ort: Any, source: str | bytes, options: Any, providers: list[Any], label: str,
+    error: type[Exception] = ArtifactError,
+) -> tuple[Any, ClassifierInput]:
+    """An ORT session for ``source`` (a path or serialized bytes) whose graph must be an image classifier.
+
+    Load failures and graphs of another form raise ``error`` naming ``label``.
+    """
+    try:
+        session = ort.InferenceSession(source, options, providers=providers)
+    except Exception as exc:  # ORT raises InvalidProtobuf/Fail/NoSuchFile... of its own
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(
+            f"ONNX Runtime cannot load {label} ({first}). The file may be truncated or not an ONNX model; "
+            f"re-export it with `psvit-export onnx`"
+        ) from exc
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise error(f"{label} is not an image classifier graph (one (N, C, H, W) input expected)")
+    inp = inputs[0]
+    if not all(isinstance(d, int) for d in inp.shape[1:]):
+        raise error(f"{label} has a dynamic image size {inp.shape}; export it with a fixed one")
+    return session, ClassifierInput(
+        name=inp.name,
+        static_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
+        shape=tuple(int(d) for d in inp.shape[1:]),  # type: ignore[arg-type]
+        dtype=np.float16 if inp.type == "tensor(float16)" else np.float32,
+    )
 
 
 def _decode(meta: dict[str, str]) -> dict[str, Any]:
@@ -103,29 +144,15 @@ class OnnxRuntimeBackend(Backend):
             opts.profile_file_prefix = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"psvit_ort_{path.stem}")
         if optimized_model_path is not None:
             opts.optimized_model_filepath = str(optimized_model_path)
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=wanted)
-        except Exception as exc:  # ORT raises InvalidProtobuf/Fail/NoSuchFile... of its own
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ArtifactError(
-                f"ONNX Runtime cannot load {path} ({first}). The file may be truncated or not an ONNX model; "
-                f"re-export it with `psvit-export onnx`"
-            ) from exc
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ArtifactError(f"{path} is not an image classifier graph (one (N, C, H, W) input expected)")
-        inp = inputs[0]
-        if not all(isinstance(d, int) for d in inp.shape[1:]):
-            raise ArtifactError(f"{path} has a dynamic image size {inp.shape}; export it with a fixed one")
+        self.session, inp = open_classifier_session(ort, str(path), opts, wanted, str(path))
         self.ort = ort
         self.path = path
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
         self._outputs = [self.output_name]
-        self.input_shape = tuple(int(d) for d in inp.shape[1:])  # type: ignore[assignment]
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        static = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.limits = BatchLimits(static=static)
+        self.input_shape = inp.shape  # type: ignore[assignment]
+        self.input_dtype = inp.dtype
+        self.limits = BatchLimits(static=inp.static_batch)
         meta = _decode(dict(self.session.get_modelmeta().custom_metadata_map))
         self.metadata = meta
         self.class_names = meta.get("psvit.class_names") or None
