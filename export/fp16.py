@@ -253,16 +253,21 @@ def remove_cast_round_trips(model: "onnx.ModelProto") -> int:
         else:
             rename[c2.output[0]] = c1.input[0]
             dead.append(c2)
+    _remove_and_rewire(model, dead, rename)
+    used = {i for n in model.graph.node for i in n.input} | outputs
+    for n in [n for n in model.graph.node if n.op_type == "Cast" and n.output[0] not in used]:
+        model.graph.node.remove(n)  # the fp16 Casts nobody reads any more
+    return bypassed
+
+
+def _remove_and_rewire(model: "onnx.ModelProto", dead: list[Any], rename: dict[str, str]) -> None:
+    """Remove the ``dead`` nodes and point every input named in ``rename`` at its replacement."""
     for n in dead:
         model.graph.node.remove(n)
     for n in model.graph.node:
         for i, name in enumerate(n.input):
             if name in rename:
                 n.input[i] = rename[name]
-    used = {i for n in model.graph.node for i in n.input} | outputs
-    for n in [n for n in model.graph.node if n.op_type == "Cast" and n.output[0] not in used]:
-        model.graph.node.remove(n)  # the fp16 Casts nobody reads any more
-    return bypassed
 
 
 def fold_weight_casts(model: "onnx.ModelProto", original: "onnx.ModelProto") -> int:
@@ -287,12 +292,7 @@ def fold_weight_casts(model: "onnx.ModelProto", original: "onnx.ModelProto") -> 
                 added[src] = name
             replace[n.output[0]] = added[src]
             dead.append(n)
-    for n in dead:
-        model.graph.node.remove(n)
-    for n in model.graph.node:
-        for i, name in enumerate(n.input):
-            if name in replace:
-                n.input[i] = replace[name]
+    _remove_and_rewire(model, dead, replace)
     used = {i for n in model.graph.node for i in n.input}
     unused = [i for i in model.graph.initializer if i.name in added and i.name not in used]
     for i in unused:
