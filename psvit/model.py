@@ -5,8 +5,9 @@ Module and parameter names follow timm's ``VisionTransformer`` wherever the stru
 one-stage config loads timm DeiT weights directly. Blocks are numbered globally over all stages; pooling
 layers live in ``pools``.
 
-Every shape is computed from the config when the model is built: ``forward`` never reads ``x.shape`` and
-reshapes with ``-1`` for the batch, which keeps exported graphs free of run-time shape arithmetic.
+Every shape is computed from the config when the model is built: reshapes use ``-1`` for the batch and the
+config's token counts, and with ``exportable=True`` nothing in ``forward`` reads the batch size, which keeps
+exported graphs free of run-time shape arithmetic.
 """
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ class TokenPool(nn.Module):
     """Halve the patch tokens (kernel 3, stride 2, padding 1) and change the width; class token by a Linear.
 
     ``2d`` pools the h x w token grid, ``1d`` the token sequence. ``conv`` is a grouped convolution with
-    groups = gcd(width in, width out) (depthwise when the widths are equal or one divides the other, as in
+    groups = gcd(width in, width out) (depthwise when the input width divides the output width, as in
     PiT); ``max``/``avg`` pool per channel and are followed by a Linear when the width changes.
     """
 
