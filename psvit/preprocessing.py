@@ -107,8 +107,8 @@ class Preprocess:
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: Any) -> "Preprocess":
-        """From a :class:`psvit.PSViTConfig` (or anything with the same five fields)."""
-        return cls(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct, cfg.interpolation)
+        """From a :class:`psvit.PSViTConfig` (its ``preprocess`` dict)."""
+        return cls.from_dict(cfg.preprocess)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocess":

@@ -13,7 +13,7 @@ import psvit
 from psvit.cli import main
 from psvit.data import split_indices
 from psvit.data.image_folder import load_image_folder
-from psvit.data.synthetic import CLASSES, generate_synthetic, label_of, load_synthetic
+from psvit.data.synthetic import CLASSES, SyntheticSplit, generate_synthetic, load_synthetic
 from psvit.errors import ConfigError
 from psvit.preprocessing import Preprocess
 from psvit.train import TrainRecipe, augment, build_model, evaluate, lr_at, train
@@ -158,13 +158,13 @@ def test_demo_loads_with_class_names_and_provenance(demo):
 
 
 def test_demo_reaches_its_recorded_heldout_accuracy(demo):
-    meta, training = demo.metadata["data"], demo.metadata["training"]
-    seed, count = meta["seed"], meta["count"]
-    labels = np.array([label_of(i) for i in range(count)])
-    _, held = split_indices(labels, training["val_fraction"], training["recipe"]["seed"])
+    split = SyntheticSplit.from_training_metadata(demo.metadata)
+    assert split is not None and split.count == 8000 and split.val_fraction == 0.2
+    held = split.heldout_indices()
+    assert len(held) == 1600 and np.bincount(held % 10).tolist() == [160] * 10  # stratified
     pre = Preprocess.from_dict(demo.preprocess)
-    data = load_synthetic(count, seed, pre, size=meta["size"], indices=held)
-    assert evaluate(demo.model, data, pre) == pytest.approx(training["heldout_top1"], abs=0.01)
+    data = load_synthetic(split.count, split.seed, pre, size=split.size, indices=held)
+    assert evaluate(demo.model, data, pre) == pytest.approx(demo.metadata["training"]["heldout_top1"], abs=0.01)
 
 
 def test_demo_generalises_to_a_fresh_seed(demo):

@@ -9,6 +9,7 @@ changes the class. numpy and PIL only.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,13 +18,14 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import DataError
 from ..preprocessing import Preprocess
-from . import LabeledImages
+from . import LabeledImages, split_indices
 
 GENERATOR = "psvit-synthetic"
 GENERATOR_VERSION = 1
@@ -327,3 +329,37 @@ def _replace_folder(src: Path, dst: Path) -> None:
         if dst.is_dir():
             dst.rmdir()
         os.replace(src, dst)
+
+
+@dataclass(frozen=True)
+class SyntheticSplit:
+    """The synthetic training set of a checkpoint and its held-out split, as ``psvit-export train`` made them.
+
+    Training uses one seed for the images, the split and the weights; ``split_seed`` is kept apart so that
+    older metadata that recorded them separately still reads right.
+    """
+
+    count: int
+    seed: int
+    size: int
+    val_fraction: float
+    split_seed: int
+
+    @classmethod
+    def from_training_metadata(cls, extra: dict[str, Any]) -> "SyntheticSplit | None":
+        """From a checkpoint's ``psvit.extra`` (``Checkpoint.metadata``); None unless trained on synthetic data."""
+        data, training = extra.get("data") or {}, extra.get("training") or {}
+        if data.get("kind") != "synthetic" or "val_fraction" not in training:
+            return None
+        seed = int(data["seed"])
+        return cls(count=int(data["count"]), seed=seed, size=int(data["size"]),
+                   val_fraction=float(training["val_fraction"]),
+                   split_seed=int((training.get("recipe") or {}).get("seed", seed)))
+
+    def heldout_indices(self) -> np.ndarray:
+        """Indices of the held-out images (sorted), exactly as the training run split them."""
+        labels = np.arange(self.count) % NUM_CLASSES  # the generator's labels (label_of)
+        return split_indices(labels, self.val_fraction, self.split_seed)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
