@@ -1,7 +1,6 @@
 """The FP32 input of calibration: an exported PSViT ONNX file (or a source exported on the fly), checked."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ class Fp32Model:
     input_name: str
     input_shape: tuple[int, int, int]  # (C, H, W)
     static_batch: int | None
-    num_classes: int
 
 
 def load_fp32_model(path: str | os.PathLike) -> Fp32Model:
@@ -51,16 +49,18 @@ def load_fp32_model(path: str | os.PathLike) -> Fp32Model:
             f"{path} is a {meta['psvit.precision']} graph; calibrate the FP32 export (psvit-export onnx without "
             f"--fp16): the INT8 graph gets its FP16 parts after quantization"
         )
-    (inp,) = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    if len(inputs) != 1:
+        raise CalibrationError(f"{path}: expected one image input (N, C, H, W), got {len(inputs)} inputs; "
+                               f"{_EXPORT_HINT}")
+    (inp,) = inputs
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     if len(dims) != 4 or None in dims[1:]:
-        raise CalibrationError(f"{path}: expected one image input (N, C, H, W) with a fixed size, got {dims}")
-    cfg = meta["psvit.config"]
-    cfg = json.loads(cfg) if isinstance(cfg, str) else cfg
+        raise CalibrationError(f"{path}: expected one image input (N, C, H, W) with a fixed size, got {dims}; "
+                               f"{_EXPORT_HINT}")
     return Fp32Model(
         path=path, metadata=meta, preprocess=dict(meta["psvit.preprocess"]), input_name=inp.name,
         input_shape=(int(dims[1]), int(dims[2]), int(dims[3])), static_batch=dims[0],
-        num_classes=int(cfg.get("num_classes", 0)),
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from ..provenance import atomic_output, sha256_file
+from ..provenance import atomic_output, check_output_folder, sha256_file
 from .cache import CacheKey, default_cache_path, reusable_ranges, write_cache
 from .data import DEFAULT_BATCH, CalibrationSet, CalibSpec, load_calibration_set, require_data
 from .errors import CalibrationError
@@ -137,14 +137,14 @@ def _fp32_source(onnx_path: str | os.PathLike, tmp: Path, log: Callable[[str], N
     return load_fp32_model(export_fp32(spec, tmp, log=log))
 
 
-def _metadata(fp32: Fp32Model, result: dict[str, Any]) -> dict[str, str]:
+def _metadata(fp32_sha256: str, result: dict[str, Any]) -> dict[str, str]:
     from ..export.metadata import PREFIX
     from ..provenance import package_versions
 
     return {
         PREFIX + "precision": "int8",
         PREFIX + "calibration": json.dumps(result),
-        PREFIX + "fp32_sha256": sha256_file(fp32.path),
+        PREFIX + "fp32_sha256": fp32_sha256,
         PREFIX + "quantizer": "onnxruntime.quantization.quantize_static (QDQ) + psvit.calibration recipe",
         PREFIX + "versions": json.dumps(package_versions("onnxruntime", "onnx", "onnxconverter-common")),
     }
@@ -190,8 +190,7 @@ def quantize_onnx(
     out = Path(out_path)
     if out.suffix != ".onnx":
         raise CalibrationError(f"--out {out} must end in .onnx")
-    if not out.parent.is_dir():
-        raise CalibrationError(f"output folder {out.parent} does not exist; create it first (mkdir -p {out.parent})")
+    check_output_folder(out, CalibrationError)  # missing or read-only folder: fail before calibrating
     require_data(calib_data)  # before any export: no data, no calibration
     cache = Path(cache_path) if cache_path is not None else default_cache_path(out)
 
@@ -210,7 +209,8 @@ def quantize_onnx(
         model_in = tmp / "named.onnx"
         onnx.save(proto, str(model_in))
 
-        key = CacheKey(sha256_file(fp32.path), data.fingerprint, len(data), method, parameters(method))
+        fp32_sha = sha256_file(fp32.path)
+        key = CacheKey(fp32_sha, data.fingerprint, len(data), method, parameters(method))
         ranges = reusable_ranges(cache, key, force_recalibrate)
         reused = ranges is not None
         ort_cache = tmp / "ort_ranges.json"
@@ -256,13 +256,13 @@ def quantize_onnx(
         }
         from ..export.metadata import set_metadata
 
-        set_metadata(qmodel, _metadata(fp32, info))
+        set_metadata(qmodel, _metadata(fp32_sha, info))
+        fp32_path = fp32.path if fp32.path.parent != tmp else out.with_name(out.stem + ".fp32.onnx")
+        if fp32.path.parent == tmp:  # keep the on-the-fly FP32 export next to the INT8 one (for reports);
+            with atomic_output(fp32_path, suffix=".onnx") as tmp_fp32:  # first: no INT8 without its FP32
+                tmp_fp32.write_bytes(fp32.path.read_bytes())
         with atomic_output(out, suffix=".onnx") as tmp_out:
             onnx.save(qmodel, str(tmp_out))
-        fp32_path = fp32.path if fp32.path.parent != tmp else out.with_name(out.stem + ".fp32.onnx")
-        if fp32.path.parent == tmp:  # keep the on-the-fly FP32 export next to the INT8 one (for reports)
-            with atomic_output(fp32_path, suffix=".onnx") as tmp_fp32:
-                tmp_fp32.write_bytes(fp32.path.read_bytes())
     say(f"wrote {out} ({count} Q/DQ nodes, rest {rest})")
     return QuantizeResult(
         path=out, cache_path=cache, cache_sha256=cache_sha, cache_reused=reused, method=method, qdq_nodes=count,

@@ -20,8 +20,10 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 def accuracy_report(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, data: EvalSet) -> dict[str, Any]:
-    """Run both graphs on ONNX Runtime CPU over ``data`` and compare them with :func:`psvit.export.compare`."""
-    from ..export import OnnxRuntimeRunner, compare
+    """Run both graphs once on ONNX Runtime CPU over ``data`` and compare the logits
+    (:func:`psvit.export.verify.output_metrics`, the metrics of :func:`psvit.export.compare`)."""
+    from ..export import OnnxRuntimeRunner
+    from ..export.verify import output_metrics
 
     fp32 = OnnxRuntimeRunner(fp32_path, name="FP32")
     int8 = OnnxRuntimeRunner(int8_path, name="INT8")
@@ -29,8 +31,7 @@ def accuracy_report(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, 
     if ref.shape[1] != len(data.class_names):
         raise CalibrationError(f"the model has {ref.shape[1]} classes but the evaluation data has "
                                f"{len(data.class_names)} class folders; evaluate on the model's own classes")
-    cmp = compare(fp32, int8, data.images)  # the project's comparison (rel L2, global cosine, agreement)
-    out = cmp.outputs[0]
+    out = output_metrics(fp32.output_names[0], ref, cand)  # rel L2, global cosine, max abs; no second run
     cos = np.sum(ref * cand, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1) + 1e-12)
     result: dict[str, Any] = {
         "images": int(len(data.labels)), "data": data.source, "classes": len(data.class_names),

@@ -35,11 +35,12 @@ from .timing_cache import cache_key, default_cache_path, load_cache, save_cache
 
 __all__ = ["build_engine_file", "EngineResult", "EngineSidecar", "read_sidecar", "check_sidecar", "sidecar_path"]
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 VERSIONED_PACKAGES = ("onnx", "onnxruntime", "torch", "tensorrt", "tensorrt-rtx", "tensorrt_rtx")
 Log = Callable[[str], None]
 _RTX_NO_CACHE = "not used: TensorRT-RTX has no timing cache (its timing-cache calls are no-ops since 1.2)"
 _NOISE = re.compile(r"Thread context has not been set|getHardwareCompatibilityLevel\(\) is unsupported")
+_NEED_CALIB = ("--int8 needs calibration images: add --calib-data DIR (an image folder or .npy/.npz of "
+               "preprocessed images); random data is never used")
 
 
 @dataclass
@@ -72,6 +73,8 @@ def check_engine_output(out: str | os.PathLike) -> Path:
 
 def derived_onnx_path(out: Path, precision: str, avoid: Path | None = None) -> Path:
     """Where the ``precision`` ONNX made on the way to ``out`` is kept: ``model.fp16.engine`` -> ``model.fp16.onnx``."""
+    from ..runtime.api import ENGINE_SUFFIXES
+
     base = out.name
     for suffix in ENGINE_SUFFIXES:
         if base.endswith(suffix):
@@ -86,13 +89,23 @@ def derived_onnx_path(out: Path, precision: str, avoid: Path | None = None) -> P
 
 
 def _is_onnx_source(source: str) -> bool:
+    from ..runtime.api import CHECKPOINT_SUFFIXES
+
     if source.endswith(".onnx"):
         return True
     path = Path(source)
-    if not path.is_file() or path.suffix in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+    if not path.is_file() or path.suffix in CHECKPOINT_SUFFIXES:
         return False
     with open(path, "rb") as f:  # an ONNX ModelProto starts with field 1 (ir_version, varint): byte 0x08
         return f.read(1) == b"\x08"
+
+
+def _existing_metadata(path: Path) -> dict[str, Any]:
+    """The metadata of an earlier intermediate ONNX at ``path``; {} (so it is remade) when unreadable."""
+    try:
+        return inspect_onnx_file(path).metadata
+    except EngineBuildError:
+        return {}
 
 
 def _export(source: str, out: Path, precision: str, force: bool, seed: int, say: Log) -> tuple[Path, str]:
@@ -102,10 +115,7 @@ def _export(source: str, out: Path, precision: str, force: bool, seed: int, say:
 
     if out.is_file() and not force:
         src_sha = load_source(source, seed=seed).sha256
-        try:
-            meta = inspect_onnx_file(out).metadata
-        except EngineBuildError:
-            meta = {}
+        meta = _existing_metadata(out)
         if (src_sha and meta.get("psvit.source_sha256") == src_sha and meta.get("psvit.precision") == precision
                 and str(meta.get("psvit.batch")) == "dynamic"):
             say(f"reusing {out} (exported from the same checkpoint)")
@@ -123,13 +133,13 @@ def _convert_fp16(fp32: Path, out: Path, data: str | None, force: bool, say: Log
 
     from .fp16 import convert_fp16
     from .inputs import sample_inputs
-    from .metadata import PREFIX, read_metadata, set_metadata
+    from .metadata import PREFIX, set_metadata
     from .runners import OnnxRuntimeRunner
     from .save import atomic_onnx_output, save_onnx
     from .verify import FP16_MAX_REL_L2, compare, require_close
 
     parent_sha = sha256_file(fp32)
-    if out.is_file() and not force and read_metadata(out).get(PREFIX + "parent_onnx_sha256") == parent_sha:
+    if out.is_file() and not force and _existing_metadata(out).get(PREFIX + "parent_onnx_sha256") == parent_sha:
         say(f"reusing {out} (converted from the same FP32 ONNX)")
         return out, f"reused {out.name} (FP16 of the same FP32 ONNX)"
     say(f"converting {fp32.name} to FP16 ({out.name})")
@@ -137,8 +147,7 @@ def _convert_fp16(fp32: Path, out: Path, data: str | None, force: bool, say: Log
     reference = OnnxRuntimeRunner(fp32, name=f"ONNX FP32 ({fp32.name})")
     inputs = sample_inputs(data, count=8, input_shape=reference.input_shape, preprocess=reference.preprocess)
     converted, report = convert_fp16(model, inputs)
-    meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in read_metadata(model).items()
-            if k.startswith(PREFIX)}
+    meta = {p.key: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}  # as written, not re-encoded
     meta.update({PREFIX + "precision": "fp16", PREFIX + "io_precision": "fp32",
                  PREFIX + "fp16": json.dumps(report.to_dict()), PREFIX + "parent_onnx_sha256": parent_sha})
     set_metadata(converted, meta)
@@ -259,7 +268,7 @@ def build_engine_file(
     # Cheap checks first: bad options fail before any export or build.
     if fp16 and int8:
         raise EngineBuildError("--fp16 and --int8 exclude each other; choose one")
-    profile = parse_batch_profile(batch) if not isinstance(batch, tuple) else parse_batch_profile(":".join(map(str, batch)))
+    profile = parse_batch_profile(":".join(map(str, batch)) if isinstance(batch, tuple) else batch)
     workspace_bytes = parse_size(workspace)
     if optimization_level is not None and not 0 <= optimization_level <= 5:
         raise EngineBuildError(f"--opt-level must be 0..5, got {optimization_level}")
@@ -280,9 +289,8 @@ def build_engine_file(
         facts = inspect_onnx_file(source_text)
         onnx_path = facts.path
     else:
-        if int8 and calib_data is None:
-            raise EngineBuildError("--int8 needs calibration images: add --calib-data DIR (an image folder or "
-                                   ".npy/.npz of preprocessed images); random data is never used")
+        if int8 and calib_data is None:  # before minutes of export
+            raise EngineBuildError(_NEED_CALIB)
         onnx_path, step = _export(source_text, derived_onnx_path(out, "fp16" if fp16 else "fp32"),
                                   "fp16" if fp16 else "fp32", force, seed, say)
         steps.append(step)
@@ -295,8 +303,7 @@ def build_engine_file(
         steps.append(step)
     elif conversion == "int8":
         if calib_data is None:
-            raise EngineBuildError("--int8 needs calibration images: add --calib-data DIR (an image folder or "
-                                   ".npy/.npz of preprocessed images); random data is never used")
+            raise EngineBuildError(_NEED_CALIB)
         onnx_path, step, calibration = _quantize(onnx_path, derived_onnx_path(out, "int8", avoid=onnx_path), calib,
                                                  force, say)
         steps.append(step)

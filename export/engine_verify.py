@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EngineBuildError
+from .runners import _chunks
 from .verify import Comparison, compare
 
 MAX_REL_L2 = {"fp32": 1e-3, "fp16": 5e-3, "int8": 5e-2}  # engine vs its own ONNX (TF32 allowed in FP32)
@@ -46,11 +47,7 @@ class EngineRunner:
         torch = self.torch
         outs: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
         stream = torch.cuda.Stream()
-        for start in range(0, len(x), self.max_batch):
-            part = x[start:start + self.max_batch]
-            valid = len(part)
-            if self.static_batch and valid < self.static_batch:  # zero-pad the last chunk
-                part = np.concatenate([part, np.zeros((self.static_batch - valid, *part.shape[1:]), part.dtype)])
+        for part, valid in _chunks(np.asarray(x), self.static_batch, self.max_batch):  # fixed batch: zero-padded
             inp = torch.from_numpy(np.ascontiguousarray(part)).to("cuda", self._torch_dtype(self.inputs[0]))
             self.context.set_input_shape(self.inputs[0], tuple(inp.shape))
             self.context.set_tensor_address(self.inputs[0], inp.data_ptr())

@@ -38,12 +38,12 @@ def calibrate_command(
     from ..calibration import load_calibration_set, quantize_onnx
     from ..calibration.model import load_fp32_model
     from ..errors import DataError
-    from ..provenance import atomic_output
+    from ..provenance import atomic_output, check_output_folder
 
     if eval_count is not None and eval_count < 1:
         raise DataError(f"--eval-count must be at least 1, got {eval_count}")
-    if json_out is not None and not json_out.parent.is_dir():  # before the work, not after it
-        raise DataError(f"--json folder {json_out.parent} does not exist; create it first")
+    if json_out is not None:  # a missing or read-only --json folder fails before the work, not after it
+        check_output_folder(json_out, DataError)
     result = quantize_onnx(
         model, out, calib_data=calib_data, calib_count=calib_count, calib_batch=calib_batch, method=method,
         cache_path=cache, force_recalibrate=force_recalibrate, exclude=tuple(exclude), quantize_qk=quantize_qk,
@@ -62,15 +62,15 @@ def calibrate_command(
     console.print(table)
     report: dict[str, Any] = {"quantize": result.to_dict()}
 
-    fp32 = load_fp32_model(result.fp32_path)
-    if eval_data is not None:
+    fp32 = load_fp32_model(result.fp32_path) if eval_data is not None or sensitivity else None
+    if fp32 is not None and eval_data is not None:
         from ..calibration.evaluation import load_eval_set
         from ..calibration.report import accuracy_report, report_table
 
         data = load_eval_set(eval_data, preprocess=fp32.preprocess, metadata=fp32.metadata, count=eval_count)
         report["accuracy"] = accuracy_report(fp32.path, result.path, data)
         console.print(report_table(report["accuracy"]))
-    if sensitivity:
+    if fp32 is not None and sensitivity:
         from ..calibration.sensitivity import layer_sensitivity, sensitivity_table
 
         images = load_calibration_set(calib_data, preprocess=fp32.preprocess, input_shape=fp32.input_shape,
