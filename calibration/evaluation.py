@@ -2,6 +2,7 @@
 regenerated from the seed, count and held-out fraction recorded by training."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..data.synthetic import SyntheticSplit
 from ..errors import DataError
 from .data import SYNTHETIC
 
 # psvit-export train's defaults for the synthetic set, used when the model does not record its training data
-DEFAULT_SPLIT = {"seed": 0, "count": 8000, "val_fraction": 0.2}
+DEFAULT_SPLIT = SyntheticSplit(count=8000, seed=0, size=32, val_fraction=0.2, split_seed=0)
 
 
 @dataclass
@@ -26,11 +28,12 @@ class EvalSet:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def synthetic_split(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Seed, count and held-out fraction of the synthetic training set behind an exported model.
+def synthetic_split(metadata: dict[str, Any], img_size: int) -> tuple[SyntheticSplit, str]:
+    """The synthetic training set behind an exported model, and where that fact comes from.
 
     Read from the training checkpoint named by ``psvit.source`` when its sha256 matches
-    ``psvit.source_sha256``; otherwise psvit-export train's defaults (recorded as such).
+    ``psvit.source_sha256``; otherwise psvit-export train's defaults (recorded as such), which generate the
+    images at the model's input size ``img_size``.
     """
     from ..checkpoint import read_checkpoint_metadata
     from ..provenance import sha256_file
@@ -38,32 +41,28 @@ def synthetic_split(metadata: dict[str, Any]) -> dict[str, Any]:
     src = str(metadata.get("psvit.source", ""))
     path = Path(src.removeprefix("checkpoint ").strip()) if src else None
     if path is not None and path.is_file() and sha256_file(path) == metadata.get("psvit.source_sha256"):
-        extra = read_checkpoint_metadata(path).get("psvit.extra", {})
-        data, training = extra.get("data", {}), extra.get("training", {})
-        if data.get("kind") == "synthetic" and "val_fraction" in training:
-            return {"seed": int(data["seed"]), "count": int(data["count"]),
-                    "val_fraction": float(training["val_fraction"]), "from": str(path)}
-    return {**DEFAULT_SPLIT, "from": "psvit-export train defaults (the model does not record its training set)"}
+        split = SyntheticSplit.from_training_metadata(read_checkpoint_metadata(path).get("psvit.extra", {}))
+        if split is not None:
+            return split, str(path)
+    return dataclasses.replace(DEFAULT_SPLIT, size=img_size), "psvit-export train defaults (the model does not record its training set)"
 
 
 def load_eval_set(
     spec: str | os.PathLike, *, preprocess: dict[str, Any], metadata: dict[str, Any], count: int | None = None
 ) -> EvalSet:
     """Held-out images: an image folder (one subfolder per class) or ``"synthetic"``; at most ``count``."""
-    from ..data import split_indices
     from ..preprocessing import Preprocess
 
     pre = Preprocess.from_dict(preprocess)
     if str(spec) == SYNTHETIC:
-        from ..data.synthetic import CLASSES, load_synthetic
+        from ..data.synthetic import load_synthetic
 
-        split = synthetic_split(metadata)
-        labels = np.arange(split["count"]) % len(CLASSES)  # the generator's labels: index % classes
-        _, held = split_indices(labels, split["val_fraction"], split["seed"])
+        split, origin = synthetic_split(metadata, pre.img_size)
+        held = split.heldout_indices()
         if count is not None:
             held = held[np.linspace(0, len(held) - 1, num=min(count, len(held))).round().astype(int)]
-        data = load_synthetic(split["count"], split["seed"], pre, indices=held.tolist())
-        source = {"kind": "synthetic held-out", **split, "images": len(data)}
+        data = load_synthetic(split.count, split.seed, pre, size=split.size, indices=held.tolist())
+        source = {"kind": "synthetic held-out", **split.to_dict(), "from": origin, "images": len(data)}
     else:
         from ..data.image_folder import load_image_folder
 
