@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
+from _common import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("psvit_2d_tiny", "deit_tiny", "psvit_2d_small", "deit_small")
@@ -185,10 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "settings": {"variants": variants, "batches": batches, "precisions": precisions, "iters": iters,
                            "warmup": warmup}, "rows": rows, "ort_checks": checks, "skipped": skipped,
               "seconds": time.perf_counter() - start}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -16,15 +16,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
+from _common import stats_ms, write_json  # noqa: E402
 
 METHODS = ("max", "percentile", "entropy", "mse")
 
@@ -55,11 +57,11 @@ def latency(models: dict[str, Path], batches: tuple[int, ...], rounds: int, warm
                 t0 = time.perf_counter()
                 sessions[name].run(None, feeds[name])
                 times[name].append((time.perf_counter() - t0) * 1e3)
-        base = statistics.median(times["fp32"])
+        stats = {name: stats_ms(ts, batch) for name, ts in times.items()}
         for name, ts in times.items():
-            med = statistics.median(ts)
-            rows.append({"model": name, "batch": batch, "median_ms": med, "p90_ms": float(np.percentile(ts, 90)),
-                         "ratio_to_fp32": med / base, "times_ms": ts})
+            s = stats[name]
+            rows.append({"model": name, "batch": batch, "median_ms": s.median_ms, "p90_ms": s.p90_ms,
+                         "ratio_to_fp32": s.median_ms / stats["fp32"].median_ms, "times_ms": ts})
     return rows
 
 
@@ -121,14 +123,11 @@ def main() -> None:
         t.add_row(row["model"], str(row["batch"]), f"{row['median_ms']:.3f}", f"{row['p90_ms']:.3f}",
                   f"{row['ratio_to_fp32']:.2f}")
     console.print(t)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
-            "loadavg": os.getloadavg(), "settings": vars(args) | {"json": str(args.json)},
-            "methods": methods, "latency": lat,
-        }, indent=1, default=str))
-        console.print(f"wrote {args.json}")
+    write_json(args.json, {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(), "settings": vars(args) | {"json": str(args.json)},
+        "methods": methods, "latency": lat,
+    }, say=console.print)
 
 
 if __name__ == "__main__":

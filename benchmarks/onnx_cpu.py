@@ -13,17 +13,18 @@ Random weights (latency does not depend on them). Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
+import sys
 import tempfile
-import time
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
+from _common import stats_ms, time_calls, write_json  # noqa: E402
 
 SHAPE_OPS = ("Shape", "Gather", "Concat", "Unsqueeze", "Slice", "ConstantOfShape", "Expand")
 
@@ -52,15 +53,12 @@ def interleaved_latency(
             sess.run(None, feed)
     for _ in range(rounds):
         for key, (sess, feed) in cases.items():
-            for _ in range(runs_per_round):
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                times[key].append((time.perf_counter() - t0) * 1e3)
+            times[key] += [t * 1e3 for t in time_calls(lambda: sess.run(None, feed), runs_per_round)]
     out = {}
     for key, ts in times.items():
-        ts.sort()
-        out[key] = {"median_ms": statistics.median(ts), "mean_ms": statistics.fmean(ts),
-                    "p90_ms": ts[int(0.9 * (len(ts) - 1))], "min_ms": ts[0], "runs": len(ts)}
+        s = stats_ms(ts, batch=key[2])
+        out[key] = {"median_ms": s.median_ms, "mean_ms": s.mean_ms, "p90_ms": s.p90_ms, "min_ms": s.min_ms,
+                    "runs": s.iterations}
     return out
 
 
@@ -155,9 +153,7 @@ def main() -> None:
     from psvit.provenance import package_versions
 
     result["versions"] = package_versions("torch", "onnx", "onnxruntime", "timm")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    console.print(f"wrote {args.json}")
+    write_json(args.json, result, say=console.print)
 
 
 if __name__ == "__main__":

@@ -11,29 +11,16 @@ writes JSON. Not a test: it asserts nothing. Usage::
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def time_calls(fn: Any, iters: int) -> list[float]:
-    """Per-call seconds of ``iters`` calls (garbage collector off while timing)."""
-    samples = []
-    gc.disable()
-    try:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
-    finally:
-        gc.enable()
-    return samples
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
+from _common import time_calls, write_json  # noqa: E402
 
 
 def measure(onnx_path: Path, *, batch: int, rounds: int, iters: int, threads: int | None) -> dict[str, Any]:
@@ -90,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     verdict = "within" if result["overhead_pct"] <= 5.0 else "ABOVE"
     print(f"overhead: {result['overhead_us']:+.1f} us ({result['overhead_pct']:+.2f}%), {verdict} the 5% target "
           f"(batch {result['batch']}, {result['rounds']} rounds x {result['iters_per_round']} calls)")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +30,10 @@ from rich.console import Console
 from rich.table import Table
 
 import psvit
+from psvit.runtime.bench import cpu_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
+from _common import stats_ms, write_json  # noqa: E402
 
 DEFAULT_VARIANTS = (
     "psvit_2d_tiny", "psvit_1d_tiny", "deit_tiny", "psvit_2d_small", "psvit_1d_small", "deit_small",
@@ -83,15 +85,6 @@ class Result:
     times_ms: list[float] = field(default_factory=list)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile, ``q`` in [0, 100]."""
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def deit_counterpart(variant: str) -> str | None:
     """deit_tiny for *_tiny variants, deit_small for *_small; None for DeiT itself and other variants."""
     if variant.startswith("deit_"):
@@ -102,17 +95,6 @@ def deit_counterpart(variant: str) -> str | None:
     return None
 
 
-def cpu_model() -> str:
-    """The ``model name`` line of /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def environment() -> dict[str, Any]:
     """What the numbers depend on: versions, threads, CPU, load, date."""
     env: dict[str, Any] = {
@@ -121,7 +103,7 @@ def environment() -> dict[str, Any]:
         "psvit": psvit.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
@@ -195,14 +177,12 @@ def time_batch(
 
 def summarise(entry: Entry, batch: int, times_ms: list[float], warmup_iters: int) -> Result:
     stats = psvit.model_stats(entry.variant, **entry.overrides)
-    mean = statistics.fmean(times_ms)
-    std = statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0
-    median = statistics.median(times_ms)
+    lat = stats_ms(times_ms, batch)
     return Result(
         label=entry.label, variant=entry.variant, share=not entry.share_off and bool(stats.shared_blocks),
         batch=batch, params=stats.params, gmacs=stats.macs / 1e9, iters=len(times_ms), warmup_iters=warmup_iters,
-        median_ms=median, mean_ms=mean, p90_ms=percentile(times_ms, 90), min_ms=min(times_ms),
-        max_ms=max(times_ms), std_ms=std, cv=std / mean if mean else 0.0, images_per_s=batch / (median / 1e3),
+        median_ms=lat.median_ms, mean_ms=lat.mean_ms, p90_ms=lat.p90_ms, min_ms=lat.min_ms, max_ms=lat.max_ms,
+        std_ms=lat.std_ms, cv=lat.cv, images_per_s=batch / (lat.median_ms / 1e3),
         times_ms=[round(t, 4) for t in times_ms],
     )
 
@@ -343,9 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "build": "eval, torch.inference_mode, fused attention (scaled_dot_product_attention)",
         }
         payload = {"environment": env, "settings": settings, "results": [asdict(r) for r in results]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        console.print(f"wrote {args.json}")
+        write_json(args.json, payload, say=console.print)
     return 0
 
 

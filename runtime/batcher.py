@@ -70,7 +70,7 @@ class Batcher:
         single = x.ndim == 3
         batch = x[None] if single else x  # (n, C, H, W)
         if self._input_shape is not None:
-            check_batch(batch.shape, str(batch.dtype), batch.dtype.kind == "f", self._input_shape, self._what)
+            check_batch(batch.shape, batch.dtype, batch.dtype.kind == "f", self._input_shape, self._what)
         if len(batch) == 0:
             raise RuntimeInputError("a request needs at least one image")
         if len(batch) > self.max_batch:

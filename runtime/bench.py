@@ -59,7 +59,8 @@ class BenchReport:
         return {"machine": self.machine, "settings": self.settings, "results": [t.to_dict() for t in self.targets]}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The ``model name`` line of /proc/cpuinfo (platform.processor() or the machine type elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -72,7 +73,7 @@ def _cpu_name() -> str:
 
 def machine_info() -> dict[str, Any]:
     """Where the numbers were measured: CPU, threads, GPU name if one is visible."""
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": _cpu_name(),
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": cpu_name(),
                             "cpu_count": os.cpu_count(), "python": platform.python_version()}
     try:
         import torch

@@ -22,9 +22,15 @@ def op_type_totals(path: str | os.PathLike, runs: int = 1) -> dict[str, dict[str
         op = ev.get("args", {}).get("op_name", "?")
         totals[op] += float(ev.get("dur", 0)) / 1000.0
         calls[op] += 1
+    return per_run_totals(totals, calls, runs)
+
+
+def per_run_totals(totals_ms: dict[str, float], calls: dict[str, int], runs: int) -> dict[str, dict[str, float]]:
+    """``{name: {"ms_per_run", "calls_per_run", "share"}}`` sorted by time, from totals over ``runs`` runs
+    (the layer-profile form of the ONNX Runtime and TensorRT backends)."""
     runs = max(runs, 1)
-    whole = sum(totals.values()) or 1.0
+    whole = sum(totals_ms.values()) or 1.0
     return {
-        op: {"ms_per_run": ms / runs, "calls_per_run": calls[op] / runs, "share": ms / whole}
-        for op, ms in sorted(totals.items(), key=lambda kv: -kv[1])
+        name: {"ms_per_run": ms / runs, "calls_per_run": calls[name] / runs, "share": ms / whole}
+        for name, ms in sorted(totals_ms.items(), key=lambda kv: -kv[1])
     }

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from ..errors import require
+from ..provenance import atomic_output
 from .bench import BenchReport
 
 
@@ -35,6 +36,9 @@ def plot_report(report: BenchReport, path: str | os.PathLike, phase: str = "end_
     fig.suptitle(f"{phase.replace('_', '-')} latency on {gpu or report.machine.get('processor', 'this machine')}")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_output(path, suffix=path.suffix) as tmp:  # a failed save leaves no half-written image
+            fig.savefig(tmp, dpi=120, format=path.suffix[1:].lower() or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -53,7 +53,9 @@ def preprocessor(recorded: dict[str, Any] | None, input_shape: tuple[int, ...]) 
         )
     pre = Preprocess.from_dict(dict(recorded))
     if pre.img_size != input_shape[-1]:
-        raise RuntimeInputError(f"recorded preprocessing crops {pre.img_size} px but the model takes {input_shape}")
+        raise RuntimeInputError(f"recorded preprocessing crops {pre.img_size} px but the model takes {input_shape}; "
+                                f"re-export the artifact so its metadata matches, or preprocess the images "
+                                f"yourself and call infer()")
     return pre
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RuntimeInputError
+from .predict import preprocessor
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -118,7 +119,7 @@ def profile_runtime(rt: Any, batch: int, *, warmup: Warmup | str | int = 10, ite
             phases.setdefault(phase, []).append(seconds)
     if preprocess and rt.backend.preprocess:
         pre = rt.preprocess_images
-        size = int(rt.backend.preprocess["img_size"] / rt.backend.preprocess.get("crop_pct", 1.0))
+        size = preprocessor(rt.backend.preprocess, rt.input_shape).resize_size  # decoded images of that size
         images = list(np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
         pre(images[:1])
         samples = []

@@ -76,14 +76,19 @@ def bench_command(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write latency/throughput vs batch plots (PNG)."),
 ) -> None:
     """Latency per batch size: mean/median/p90/p95/p99/min/max, CoV, throughput; compute vs end-to-end."""
-    from ..provenance import atomic_output
+    from ..errors import require
+    from ..provenance import atomic_output, check_output_folder
     from ..runtime.bench import bench
+    from ..runtime.errors import RuntimeInputError
     from ..runtime.profiler import parse_warmup
 
     if iters < 1:
-        from ..runtime.errors import RuntimeInputError
-
         raise RuntimeInputError(f"--iters must be at least 1, got {iters}")
+    for out in (json_out, plot):  # fail before minutes of timing, not after
+        if out is not None:
+            check_output_folder(out, RuntimeInputError)
+    if plot is not None:
+        require("matplotlib", "'psvit-deploy[plot]'", "benchmark plots")
     options: dict = {}
     if threads:
         options["threads"] = threads

@@ -124,7 +124,8 @@ class OnnxRuntimeBackend(Backend):
         ort = require("onnxruntime", "onnxruntime", "running ONNX models (GPU: pip install onnxruntime-gpu)")
         path = Path(path)
         if not path.is_file():
-            raise ArtifactError(f"ONNX file {path} does not exist")
+            raise ArtifactError(f"ONNX file {path} does not exist; check the path, or export one with "
+                                f"`psvit-export onnx`")
         wanted = resolve_providers(providers, device, cuda_graph)
         available = ort.get_available_providers()
         missing = [_provider_name(p) for p in wanted if _provider_name(p) not in available]

@@ -71,10 +71,9 @@ class _LayerProfiler:
         self.profiler = Profiler()
 
     def summary(self, runs: int) -> dict[str, dict[str, float]]:
-        runs = max(runs, 1)
-        whole = sum(self.totals.values()) or 1.0
-        return {name: {"ms_per_run": ms / runs, "calls_per_run": self.calls[name] / runs, "share": ms / whole}
-                for name, ms in sorted(self.totals.items(), key=lambda kv: -kv[1])}
+        from ..ort_profile import per_run_totals
+
+        return per_run_totals(self.totals, self.calls, runs)
 
 
 class TensorRTBackend(Backend):
@@ -87,7 +86,8 @@ class TensorRTBackend(Backend):
 
         path = Path(path)
         if not path.is_file():
-            raise ArtifactError(f"engine file {path} does not exist")
+            raise ArtifactError(f"engine file {path} does not exist; check the path, or build one with "
+                                f"`psvit-export trt`")
         read_sidecar, check_sidecar = _sidecar_api()
         sidecar = read_sidecar(path)  # EngineMismatchError (a PSViTError) when missing, corrupt or stale
         trt = _import_trt(sidecar.flavour)

@@ -83,8 +83,7 @@ class TorchBackend(Backend):
         self.input_shape = (cfg.in_chans, cfg.img_size, cfg.img_size)
         self.limits = BatchLimits()
         self.class_names = facts["class_names"]
-        self.preprocess = {"img_size": cfg.img_size, "mean": list(cfg.mean), "std": list(cfg.std),
-                           "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation}
+        self.preprocess = cfg.preprocess
         self.metadata = {"random_weights": facts["random_weights"], "sha256": facts["sha256"],
                          "variant": getattr(model, "variant", None), **(facts.get("metadata") or {})}
         self.thread_safety = ("concurrent calls run in parallel (CPU, no shared state)" if dev.type == "cpu"
