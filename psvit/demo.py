@@ -54,28 +54,21 @@ def prepare_out(out: str | os.PathLike, force: bool = False) -> Path:
 
 def heldout_set(ckpt: Any, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(images float32 (N, C, H, W), labels, facts): the demo's held-out split, regenerated."""
-    from .data import split_indices
-    from .data.synthetic import generate_synthetic, label_of
+    from .data.synthetic import SyntheticSplit, generate_synthetic
     from .preprocessing import Preprocess
 
-    data = ckpt.metadata.get("data") or {}
-    train = ckpt.metadata.get("training") or {}
-    if data.get("kind") != "synthetic":
+    split = SyntheticSplit.from_training_metadata(ckpt.metadata)
+    if split is None:
         raise PSViTError("the demo checkpoint records no synthetic training data; retrain it with "
                          "`psvit-export train --data synthetic` (README: 'The bundled demo model')")
-    count, seed, size = int(data["count"]), int(data["seed"]), int(data["size"])
-    fraction = float(train.get("val_fraction", 0.2))
-    split_seed = int((train.get("recipe") or {}).get("seed", seed))
-    labels = np.array([label_of(i) for i in range(count)], dtype=np.int64)
-    _, held = split_indices(labels, fraction, split_seed)
+    held = split.heldout_indices()
     if limit is not None:
         held = held[:limit]
-    synth = generate_synthetic(count, seed, size, indices=held)
+    synth = generate_synthetic(split.count, split.seed, split.size, indices=held)
     pre = Preprocess.from_dict(ckpt.preprocess)
     images = pre.batch(list(synth.images))  # (N, C, H, W) float32
-    facts = {"generator": "psvit-synthetic", "seed": seed, "count": count, "size": size, "val_fraction": fraction,
-             "images": len(held), "fingerprint": synth.fingerprint(),
-             "training_heldout_top1": train.get("heldout_top1")}
+    facts = {"generator": "psvit-synthetic", **split.to_dict(), "images": len(held), "fingerprint": synth.fingerprint(),
+             "training_heldout_top1": (ckpt.metadata.get("training") or {}).get("heldout_top1")}
     return images, synth.labels, facts
 
 
