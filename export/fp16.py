@@ -72,10 +72,11 @@ def _elem_types(model: "onnx.ModelProto") -> dict[str, int]:
     return types
 
 
-def shape_arithmetic_nodes(model: "onnx.ModelProto") -> list[str]:
+def shape_arithmetic_nodes(model: "onnx.ModelProto", types: dict[str, int] | None = None) -> list[str]:
     """Nodes computing float values from shapes/constants only: ``Cast(int -> float)`` and its consumers
-    whose other inputs are constants or also shape-derived (graph order)."""
-    types = _elem_types(model)
+    whose other inputs are constants or also shape-derived (graph order). ``types``: :func:`_elem_types`
+    of ``model``, if already computed."""
+    types = _elem_types(model) if types is None else types
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     derived: set[str] = set()
@@ -95,16 +96,19 @@ def shape_arithmetic_nodes(model: "onnx.ModelProto") -> list[str]:
     return found
 
 
-def activation_ranges(model: "onnx.ModelProto", inputs: np.ndarray) -> dict[str, float]:
+def activation_ranges(
+    model: "onnx.ModelProto", inputs: np.ndarray, types: dict[str, int] | None = None
+) -> dict[str, float]:
     """Max |value| of every float tensor (intermediates included) over ``inputs``, run on ORT CPU.
 
     ``inputs`` feeds the model's single input, one sample at a time (every intermediate is held in memory);
-    a graph with a fixed batch N gets each sample repeated N times.
+    a graph with a fixed batch N gets each sample repeated N times. ``types``: as for
+    :func:`shape_arithmetic_nodes`.
     """
     import onnx
 
     ort = require("onnxruntime", "onnxruntime", "measuring value ranges for FP16 conversion")
-    types = _elem_types(model)
+    types = _elem_types(model) if types is None else types
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
@@ -132,12 +136,12 @@ def activation_ranges(model: "onnx.ModelProto", inputs: np.ndarray) -> dict[str,
 
 
 def overflow_nodes(
-    model: "onnx.ModelProto", inputs: np.ndarray, threshold: float
+    model: "onnx.ModelProto", inputs: np.ndarray, threshold: float, types: dict[str, int] | None = None
 ) -> dict[str, float]:
     """Nodes reading or producing (on ``inputs``) a value, or reading an initializer, beyond ``threshold``."""
     from onnx import numpy_helper
 
-    ranges = activation_ranges(model, inputs)
+    ranges = activation_ranges(model, inputs, types)
     init_max = {
         i.name: float(np.abs(numpy_helper.to_array(i)).max(initial=0.0))
         for i in model.graph.initializer if i.data_type == _FLOAT
@@ -327,8 +331,9 @@ def convert_fp16(
     model_copy.CopyFrom(model)
     name_nodes(model_copy)
     threshold = FP16_MAX / headroom
-    shape_nodes = shape_arithmetic_nodes(model_copy)
-    overflow = overflow_nodes(model_copy, sample_inputs, threshold)
+    types = _elem_types(model_copy)  # one shape inference for both analyses
+    shape_nodes = shape_arithmetic_nodes(model_copy, types)
+    overflow = overflow_nodes(model_copy, sample_inputs, threshold, types)
     blocked = sorted(set(shape_nodes) | set(overflow) | set(float_casts(model_copy)))
     if converter == "modelopt":
         converted = _convert_modelopt(model_copy, keep_io_types, list(keep_fp32_ops), blocked,

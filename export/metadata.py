@@ -6,6 +6,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..provenance import package_versions
+from .errors import ExportError
+from .onnx_io import load_onnx_graph
 
 if TYPE_CHECKING:
     import onnx
@@ -90,7 +92,7 @@ def read_metadata(model: "onnx.ModelProto | str | os.PathLike") -> dict[str, Any
     import onnx
 
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
+        model = load_onnx_graph(model, ExportError, "pass an .onnx file (`psvit-export onnx` writes one)")
     return decode({p.key: p.value for p in model.metadata_props})
 
 
@@ -98,6 +100,6 @@ def update_metadata_file(path: str | os.PathLike, meta: dict[str, str]) -> None:
     """Rewrite the metadata of a saved ONNX file in place; external weight files are left untouched."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx_graph(path, ExportError)
     set_metadata(model, meta)
     onnx.save_model(model, str(path))

@@ -158,7 +158,7 @@ def export_onnx(
         comparisons.append(fp32_check)
         if fp32_check.passed is False:  # an FP16 error would be meaningless on top of a broken FP32 graph
             _fail_or_warn(strict, VerificationError, f"ONNX FP32 vs PyTorch: relative L2 error "
-                          f"{fp32_check.worst_rel_l2:.3g} exceeds {FP32_MAX_REL_L2:g}. {_KEEP_HINT}", notes)
+                          f"{fp32_check.worst_rel_l2:.3g} exceeds {FP32_MAX_REL_L2:g}.", notes, sep=" ")
         say(f"converting to FP16 ({fp16_converter})")
         proto, fp16_report = convert_fp16(proto, inputs, keep_io_types=not fp16_io, converter=fp16_converter,
                                           headroom=fp16_headroom)
@@ -174,12 +174,14 @@ def export_onnx(
         data_path = save_onnx(proto, tmp, data_name=f"{out.name}.data", external=external)
         t0 = time.perf_counter()
         say("checking the graph")
-        report = check_graph(tmp, config=cfg, modes=plan.modes, batch=fixed_batch, batch_symbol=BATCH_SYMBOL,
-                             linear_layers=_linear_layers(src.model), raise_on_problem=False)
+        # the in-memory proto is what was just written; only external weights need the file
+        report = check_graph(tmp if external else proto, config=cfg, modes=plan.modes, batch=fixed_batch,
+                             batch_symbol=BATCH_SYMBOL, linear_layers=_linear_layers(src.model),
+                             raise_on_problem=False)
         times["checks"] = time.perf_counter() - t0
         if report.problems:
             _fail_or_warn(strict, GraphCheckError, "the exported graph fails its checks:\n  "
-                          + "\n  ".join(report.problems) + f"\n{_KEEP_HINT}", notes)
+                          + "\n  ".join(report.problems), notes)
         t0 = time.perf_counter()
         say(f"verifying ONNX Runtime vs PyTorch on {len(inputs)} samples")
         tol = max_rel_l2 if max_rel_l2 is not None else (FP16_MAX_REL_L2 if fp16 else FP32_MAX_REL_L2)
@@ -194,7 +196,11 @@ def export_onnx(
             notes.append(f"{what}: relative L2 error {final.worst_rel_l2:.3g} exceeds {tol:g}")
         meta[PREFIX + "verification"] = _verification_summary(comparisons)
         meta[PREFIX + "checks"] = json.dumps({"ok": report.ok, "problems": report.problems})
-        update_metadata_file(tmp, meta)
+        if external:  # rewrite the graph only; the weights file stays as verified
+            update_metadata_file(tmp, meta)
+        else:  # the proto in memory is the file: save it again rather than read it back first
+            set_metadata(proto, meta)
+            save_onnx(proto, tmp, external=False)
         size = tmp.stat().st_size
     if data_path is not None:
         data_path = out.with_name(data_path.name)
@@ -206,7 +212,8 @@ def export_onnx(
     )
 
 
-def _fail_or_warn(strict: bool, error: type[Exception], message: str, notes: list[str]) -> None:
+def _fail_or_warn(strict: bool, error: type[Exception], message: str, notes: list[str], sep: str = "\n") -> None:
+    """Raise ``error`` (the message plus how to keep the artifact anyway) or, not ``strict``, note the message."""
     if strict:
-        raise error(message)
-    notes.append(message.replace(f"\n{_KEEP_HINT}", "").replace(f" {_KEEP_HINT}", ""))
+        raise error(f"{message}{sep}{_KEEP_HINT}")
+    notes.append(message)

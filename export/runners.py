@@ -97,7 +97,7 @@ class OnnxRuntimeRunner:
         else:
             path = Path(model)
             if not path.is_file():
-                raise ExportError(f"ONNX file {path} does not exist")
+                raise ExportError(f"ONNX file {path} does not exist; check the path (`psvit-export onnx` writes one)")
             src = str(path)
             self.name = name or str(path)
         from ..runtime.backends.onnxruntime_backend import open_classifier_session

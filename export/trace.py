@@ -53,15 +53,11 @@ def check_opset(opset: int) -> None:
 
 def parse_batch(batch: str | int) -> int | None:
     """``"dynamic"`` -> None (symbolic batch); a positive integer (or its text) -> that fixed batch."""
-    if isinstance(batch, int) and not isinstance(batch, bool):
-        value = batch
-    elif isinstance(batch, str) and batch.strip().lower() == "dynamic":
+    text = batch.strip().lower() if isinstance(batch, str) else None
+    if text == "dynamic":
         return None
-    elif isinstance(batch, str) and batch.strip().isdigit():
-        value = int(batch)
-    else:
-        raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
-    if value < 1:
+    value = int(text) if text is not None and text.isdecimal() else batch  # isdigit() accepts "²"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
     return value
 

@@ -67,14 +67,15 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray) -> O
         raise PSViTError(f"output {name!r}: shapes differ, {reference.shape} vs {candidate.shape}")
     r = reference.astype(np.float64).ravel()
     c = candidate.astype(np.float64).ravel()
-    diff = np.linalg.norm(c - r)
+    delta = c - r
+    diff = np.linalg.norm(delta)
     norm_r, norm_c = np.linalg.norm(r), np.linalg.norm(c)
     rel = float(diff / norm_r) if norm_r > 0 else float(diff)
     cos = float(r @ c / (norm_r * norm_c)) if norm_r > 0 and norm_c > 0 else float(norm_r == norm_c)
     top1 = None
     if reference.ndim == 2 and reference.shape[1] > 1:
         top1 = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
-    max_abs = float(np.max(np.abs(c - r))) if r.size else 0.0
+    max_abs = float(np.max(np.abs(delta))) if r.size else 0.0
     return OutputMetrics(name, tuple(reference.shape), rel, max_abs, cos, top1)
 
 

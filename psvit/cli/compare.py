@@ -29,8 +29,10 @@ def compare_command(
     from ..export.inputs import sample_inputs
     from ..export.runners import open_artifact
     from ..export.verify import compare, require_close
-    from ..provenance import atomic_output
+    from ..provenance import atomic_output, check_output_folder
 
+    if json_out is not None:
+        check_output_folder(json_out)  # before loading and running both artifacts
     ref = open_artifact(a, variant=variant, seed=seed)
     cand = open_artifact(b, variant=variant, seed=seed)
     for r in (ref, cand):
@@ -50,4 +52,4 @@ def compare_command(
     if json_out is not None:
         with atomic_output(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(result.to_dict(), indent=2))
-    require_close(result, "B vs A", "")
+    require_close(result, "B vs A")

@@ -42,8 +42,10 @@ def onnx_command(
 ) -> None:
     """Export to ONNX with static token counts, check the graph and verify it against PyTorch."""
     from ..export import export_onnx
-    from ..provenance import atomic_output
+    from ..provenance import atomic_output, check_output_folder
 
+    if report is not None:
+        check_output_folder(report)  # before minutes of export, not after
     result = export_onnx(
         source, out, variant=variant, fp16=fp16, fp16_io=fp16_io, batch=batch,
         shared_attention=shared_attention, qk_min_tokens=qk_min_tokens, opset=opset, data=data, count=count,
