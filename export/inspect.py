@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ExportError
+from .graph_checks import SHAPE_OPS
 
 if TYPE_CHECKING:
     import onnx
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 _DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 7: "int64", 6: "int32", 9: "bool",
            3: "int8", 2: "uint8"}
 _PRECISION = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 3: "int8", 2: "int8"}
-SHAPE_OPS = ("Shape", "Size", "ConstantOfShape", "Range", "NonZero", "Expand", "Tile")
 
 
 @dataclass(frozen=True)

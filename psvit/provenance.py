@@ -47,7 +47,7 @@ def check_output_folder(path: str | os.PathLike, error: type[Exception] | None =
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        raise error(f"output folder {parent} is not writable ({exc.strerror}); choose another --out") from exc
+        raise error(f"output folder {parent} is not writable ({exc.strerror}); choose a writable location") from exc
     return parent
 
 

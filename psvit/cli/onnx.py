@@ -9,11 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
-
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+from .console import console, err_console, format_bytes
 
 
 @app.command("onnx")
@@ -57,7 +53,7 @@ def onnx_command(
                           f"(psvit.random_weights=true).[/]", highlight=False)
     table = Table(title=f"exported {result.path}", show_header=False)
     table.add_row("source", src.description + (f" (sha256 {src.sha256[:12]}…)" if src.sha256 else ""))
-    table.add_row("size", _fmt_bytes(result.size_bytes) + (f" + external data {result.external_data}"
+    table.add_row("size", format_bytes(result.size_bytes) + (f" + external data {result.external_data}"
                                                           if result.external_data else ""))
     io = f", I/O {result.io_precision}" if result.precision == "fp16" else ""
     table.add_row("precision", f"{result.precision}{io}")

@@ -11,11 +11,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
-
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+from .console import console, err_console, format_bytes
 
 
 class _Status:
@@ -110,9 +106,9 @@ def trt_command(
         table.add_row("step", step)
     opts = sc.build_options
     table.add_row("options", f"opt level {opts.get('optimization_level') if opts.get('optimization_level') is not None else 'default'}, "
-                             f"workspace {_fmt_bytes(opts['workspace_bytes']) if opts.get('workspace_bytes') else 'default'}")
+                             f"workspace {format_bytes(opts['workspace_bytes']) if opts.get('workspace_bytes') else 'default'}")
     table.add_row("timing cache", str(opts.get("timing_cache")))
-    table.add_row("size", _fmt_bytes(sc.engine_bytes))
+    table.add_row("size", format_bytes(sc.engine_bytes))
     table.add_row("build time", f"{sc.build_seconds:.1f} s" + (f" (at {sc.built_at}; reused now)" if result.reused else ""))
     check = sc.precision_check or {}
     table.add_row("layer precisions", str(check.get("status", "")) + (
