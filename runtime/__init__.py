@@ -12,12 +12,14 @@ from __future__ import annotations
 from .api import artifact_kind, load
 from .batcher import Batcher
 from .core import Runtime
-from .errors import ArtifactError, BackendError, BatcherClosedError, QueueFullError, RuntimeInputError
+from .errors import (
+    ArtifactError, BackendError, BatcherClosedError, BatcherTargetError, QueueFullError, RuntimeInputError,
+)
 from .predict import Prediction
 from .profiler import LatencyStats, latency_stats, parse_warmup, profile_runtime
 
 __all__ = [
     "load", "artifact_kind", "Runtime", "Batcher", "Prediction", "LatencyStats", "latency_stats",
-    "parse_warmup", "profile_runtime", "ArtifactError", "BackendError", "BatcherClosedError",
+    "parse_warmup", "profile_runtime", "ArtifactError", "BackendError", "BatcherClosedError", "BatcherTargetError",
     "QueueFullError", "RuntimeInputError",
 ]

@@ -21,4 +21,8 @@ class QueueFullError(PSViTError):
 
 
 class BatcherClosedError(PSViTError):
-    """A request submitted to a micro-batcher after :meth:`Batcher.close`."""
+    """A request submitted to a micro-batcher after :meth:`Batcher.close` (or after its worker stopped)."""
+
+
+class BatcherTargetError(PSViTError):
+    """The micro-batcher's target returned something other than one output row per input row."""
