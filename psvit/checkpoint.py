@@ -218,10 +218,10 @@ def load_checkpoint(
     path = resolve_checkpoint_path(source)
     options = {k: kwargs.pop(k) for k in MODEL_OPTIONS if k in kwargs}
     state, meta = _read_state_dict(path)
-    class_names = meta.get("psvit.class_names")
+    stored_cfg, class_names, extra = _checked_metadata(meta, path)
     stored_variant = meta.get("psvit.variant") or None
-    if "psvit.config" in meta:
-        cfg = PSViTConfig.from_dict(meta["psvit.config"])
+    if stored_cfg is not None:
+        cfg = stored_cfg
         if variant is not None and variant != stored_variant:
             expected = get_config(variant)
             if expected != cfg:
@@ -247,8 +247,43 @@ def load_checkpoint(
     model.eval()
     return Checkpoint(
         model=model, config=cfg, path=path, sha256=sha256_file(path), variant=variant,
-        class_names=class_names, metadata=meta.get("psvit.extra") or {},
+        class_names=class_names, metadata=extra,
     )
+
+
+def _checked_metadata(
+    meta: dict[str, Any], path: Path
+) -> tuple[PSViTConfig | None, list[str] | None, dict[str, Any]]:
+    """The config, class names and extra metadata a checkpoint records, each checked for its shape.
+
+    Damaged metadata (hand-edited, or written by another tool under our keys) is a CheckpointError that
+    says so, instead of an error about the pieces of a misread value.
+    """
+    def corrupt(key: str, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path.name}: its {key} metadata is corrupt ({why}); the file was damaged or edited: use an "
+            f"intact copy, or write it again (psvit-export train, psvit.save_checkpoint)"
+        )
+
+    cfg = None
+    if "psvit.config" in meta:
+        try:
+            cfg = PSViTConfig.from_dict(meta["psvit.config"])
+        except ConfigError as exc:
+            raise corrupt("psvit.config", str(exc)) from exc
+    variant = meta.get("psvit.variant")
+    if variant is not None and not isinstance(variant, str):
+        raise corrupt("psvit.variant", f"a {type(variant).__name__}, not a name")
+    names = meta.get("psvit.class_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise corrupt("psvit.class_names", f"expected a JSON list of strings, got {str(names)[:60]!r}")
+        if cfg is not None and len(names) != cfg.num_classes:
+            raise corrupt("psvit.class_names", f"{len(names)} names for a model with {cfg.num_classes} classes")
+    extra = meta.get("psvit.extra") or {}
+    if not isinstance(extra, dict):
+        raise corrupt("psvit.extra", f"expected a JSON object, got a {type(extra).__name__}")
+    return cfg, names, extra
 
 
 @dataclass(frozen=True)

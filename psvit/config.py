@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .fields import check_fields
 
 POOL_KINDS = ("2d", "1d")
 POOL_OPS = ("conv", "max", "avg")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_BROADCAST = ("pool_kinds", "pool_ops")  # a single string applies to every pooling layer
 
 
 def pooled_length(n: int) -> int:
@@ -48,22 +51,29 @@ class PSViTConfig:
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        n_pools = len(self.depths) - 1
         for name in ("dims", "depths", "heads", "share", "mean", "std"):
             value = getattr(self, name)
-            if isinstance(value, (int, float)):
-                value = (value,)
-            object.__setattr__(self, name, tuple(value))
-        for name in ("pool_kinds", "pool_ops"):
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                object.__setattr__(self, name, (value,))  # one number: one entry
+        # Every field gets its annotated type (or a ConfigError naming it) before any arithmetic on it.
+        check_fields(self, "config", names=[f.name for f in dataclasses.fields(self) if f.name not in _BROADCAST])
+        for name in _BROADCAST:
             value = getattr(self, name)
             if isinstance(value, str):
-                value = (value,) * n_pools
-            object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "share", tuple(sorted(int(i) for i in self.share)))
+                object.__setattr__(self, name, (value,) * (len(self.depths) - 1))
+        check_fields(self, "config", names=_BROADCAST)
+        object.__setattr__(self, "share", tuple(sorted(self.share)))
         self._validate()
 
     # ----------------------------------------------------------------------------------------------
     def _validate(self) -> None:
+        for name in ("img_size", "patch_size", "in_chans", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if any(d < 1 for d in self.dims):
+            raise ConfigError(f"every stage needs a width of at least 1, got dims={self.dims}")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
         s = len(self.depths)
         if s < 1:
             raise ConfigError("depths must name at least one stage, e.g. depths=(12,)")
@@ -118,6 +128,10 @@ class PSViTConfig:
             raise ConfigError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ConfigError(f"mean/std need {self.in_chans} values (one per input channel)")
+        if self.in_chans == 3:  # the preprocessing the weights expect must be one Preprocess can run
+            from .preprocessing import Preprocess
+
+            Preprocess.from_dict(self.preprocess)
 
     def _grid_before_pool(self, pool_index: int) -> int | None:
         """Side of the square token grid entering pooling layer ``pool_index``; None if not square."""
@@ -209,6 +223,8 @@ class PSViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PSViTConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object (field -> value), got a {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

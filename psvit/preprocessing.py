@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError, DataError
+from .fields import check_fields
 
 INTERPOLATIONS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -28,10 +29,11 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as RGB (grayscale, palette, RGBA, CMYK and 16-bit grayscale converted).
+    """Read an image file as 8-bit RGB; :func:`to_rgb` says how other depths and modes are scaled.
 
     Alpha is dropped as timm's loader does (``convert("RGB")``); EXIF orientation is not applied.
-    A file that is not a readable image raises :class:`DataError` naming it.
+    A file that is not a readable image, or one whose values cannot be scaled, raises :class:`DataError`
+    naming it.
     """
     try:
         with Image.open(path) as img:
@@ -39,6 +41,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return to_rgb(img)
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist") from None
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(
             f"{path} is not a readable image ({type(exc).__name__}: {exc}); remove it or re-save it as PNG/JPEG"
@@ -46,36 +50,73 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB."""
+    """Convert any PIL mode to 8-bit RGB.
+
+    Scaling of the modes PIL keeps at more than 8 bits (grayscale, replicated to R, G and B):
+
+    * 16-bit (``I;16*``; and ``I`` read from a PNG, which is how older Pillow opens 16-bit PNGs):
+      0..65535 -> 0..255, ``round(v / 257)``.
+    * 32-bit integer (``I``, e.g. TIFF): values within 0..255 are taken as 8-bit levels, values within
+      0..65535 as 16-bit levels (as above); anything else is refused.
+    * 32-bit float (``F``, e.g. TIFF): values within 0..1 are intensities (the float convention of
+      scikit-image, OpenCV and tifffile): ``round(v * 255)``; values within 0..255 with some above 1 are
+      taken as 8-bit levels; negative, larger or non-finite values are refused.
+
+    A refused image raises :class:`DataError` with its value range; convert it to 8- or 16-bit first.
+    Every other mode goes through PIL's own conversion (palette transparency via RGBA, as PIL advises).
+    """
     if img.mode == "RGB":
         return img
-    if img.mode.startswith("I;16"):
-        # 16-bit grayscale: scale 0..65535 to 0..255 instead of clipping.
-        a = np.asarray(img, dtype=np.uint16)
-        return Image.fromarray((a // 257).astype(np.uint8)).convert("RGB")
-    if img.mode in ("I", "F"):
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        levels = _scale(np.asarray(img, dtype=np.float64), 65535.0)
+    elif img.mode == "I":
         a = np.asarray(img, dtype=np.float64)
-        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # PIL warns when palette transparency is converted straight to RGB
-    return img.convert("RGB")
+        levels = _scale(a, 255.0 if a.size == 0 or (a.min() >= 0 and a.max() <= 255) else 65535.0, "integer")
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        levels = _scale(a, 1.0 if a.size == 0 or (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1) else 255.0,
+                        "float")
+    else:
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")  # PIL warns when palette transparency is converted straight to RGB
+        return img.convert("RGB")
+    return Image.fromarray(levels).convert("RGB")
+
+
+def _scale(a: np.ndarray, full: float, kind: str = "16-bit") -> np.ndarray:
+    """Grayscale values in ``0..full`` -> uint8 levels ``round(v * 255 / full)``; DataError outside."""
+    if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= full):
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        raise DataError(
+            f"a {kind} image with values from {lo:g} to {hi:g} has no known scale (expected 0..1 or 0..255 for "
+            f"float, 0..65535 for integer images); convert it to 8- or 16-bit"
+        )
+    return np.rint(a * (255.0 / full)).astype(np.uint8)
 
 
 def _as_pil(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
-        return to_rgb(image)
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise DataError(
-                f"image arrays must be uint8 HWC (0..255), got dtype {image.dtype}; convert with "
-                f"np.clip(a, 0, 255).astype(np.uint8)"
-            )
-        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-            return Image.fromarray(image.reshape(image.shape[0], image.shape[1])).convert("RGB")
-        if image.ndim == 3 and image.shape[2] in (3, 4):
-            return Image.fromarray(np.ascontiguousarray(image[:, :, :3]))
-        raise DataError(f"image arrays must be HWC with 1, 3 or 4 channels, got shape {image.shape}")
-    raise DataError(f"expected a PIL image or a uint8 numpy array, got {type(image).__name__}")
+        img = to_rgb(image)
+    elif isinstance(image, np.ndarray):
+        img = _array_as_pil(image)
+    else:
+        raise DataError(f"expected a PIL image or a uint8 numpy array, got {type(image).__name__}")
+    if 0 in img.size:
+        raise DataError(f"an image of {img.size[0]}x{img.size[1]} pixels has nothing to classify; drop it")
+    return img
+
+
+def _array_as_pil(image: np.ndarray) -> Image.Image:
+    if image.dtype != np.uint8:
+        raise DataError(
+            f"image arrays must be uint8 HWC (0..255), got dtype {image.dtype}; convert 0..1 floats with "
+            f"(a * 255).round().astype(np.uint8), 0..255 values with np.clip(a, 0, 255).astype(np.uint8)"
+        )
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return Image.fromarray(image.reshape(image.shape[0], image.shape[1])).convert("RGB")
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(image[:, :, :3]))
+    raise DataError(f"image arrays must be HWC with 1, 3 or 4 channels, got shape {image.shape}")
 
 
 @dataclass(frozen=True)
@@ -89,8 +130,7 @@ class Preprocess:
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        check_fields(self, "preprocessing")
         if self.img_size < 1:
             raise ConfigError(f"img_size must be positive, got {self.img_size}")
         if not 0.0 < self.crop_pct <= 1.0:
@@ -112,6 +152,8 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        if not isinstance(d, dict):
+            raise ConfigError(f"preprocessing must be a JSON object (key -> value), got a {type(d).__name__}")
         fields = ("img_size", "mean", "std", "crop_pct", "interpolation")
         unknown = sorted(set(d) - set(fields))
         missing = [f for f in fields[:3] if f not in d]

@@ -24,7 +24,8 @@ from rich.progress import (
 )
 
 from .data import LabeledImages
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .fields import check_fields
 from .preprocessing import Preprocess
 
 NO_DECAY = ("cls_token", "pos_embed")
@@ -48,6 +49,7 @@ class TrainRecipe:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "training recipe")
         checks = (
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
@@ -74,17 +76,20 @@ class EpochRecord:
     lr: float
     train_loss: float
     train_top1: float
-    heldout_top1: float
+    heldout_top1: float | None  # None: no held-out images
     seconds: float
 
 
 @dataclass
 class TrainResult:
-    """Held-out top-1 of the final weights (what is saved) and of the best epoch, and the history."""
+    """Held-out top-1 of the final weights (what is saved) and of the best epoch, and the history.
 
-    final_top1: float
-    best_top1: float
-    best_epoch: int
+    Without held-out images (``val_fraction`` 0) the three held-out fields are None: nothing was measured.
+    """
+
+    final_top1: float | None
+    best_top1: float | None
+    best_epoch: int | None
     seconds: float
     params: int
     train_images: int
@@ -138,6 +143,8 @@ def augment(x: torch.Tensor, pad: int, hflip: bool, generator: torch.Generator) 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: LabeledImages, preprocess: Preprocess, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (eval mode; the model's mode is restored)."""
+    if len(data) == 0:
+        raise DataError("no images to evaluate on: an accuracy of nothing would be a made-up number")
     was_training = model.training
     model.eval()
     correct = 0
@@ -146,7 +153,7 @@ def evaluate(model: torch.nn.Module, data: LabeledImages, preprocess: Preprocess
         logits = model(_to_tensor(data.pixels[i], preprocess))  # (B, num_classes)
         correct += int((logits.argmax(-1).numpy() == data.labels[i]).sum())
     model.train(was_training)
-    return correct / max(1, len(data))
+    return correct / len(data)
 
 
 @contextlib.contextmanager
@@ -230,19 +237,21 @@ def train(
                 correct += int((logits.argmax(-1) == y).sum())
                 seen += len(idx)
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
-            val = evaluate(model, heldout, preprocess)
+            val = evaluate(model, heldout, preprocess) if len(heldout) else None
+            shown = "-" if val is None else f"{val:.1%}"
             record = EpochRecord(epoch, lr, loss_sum / seen, correct / seen, val, time.perf_counter() - t0)
             history.append(record)
-            bar.update(task, epoch=f"{min(epoch + 1, recipe.epochs)}/{recipe.epochs}", val=f"{val:.1%}")
+            bar.update(task, epoch=f"{min(epoch + 1, recipe.epochs)}/{recipe.epochs}", val=shown)
             if progress:
                 bar.console.print(
                     f"epoch {epoch}/{recipe.epochs}  lr {lr:.2e}  loss {record.train_loss:.3f}  "
-                    f"train {record.train_top1:.1%}  held-out {val:.1%}  ({record.seconds:.0f}s)",
+                    f"train {record.train_top1:.1%}  held-out {shown}  ({record.seconds:.0f}s)",
                     highlight=False,
                 )
-    best = max(history, key=lambda r: r.heldout_top1)
+    best = max(history, key=lambda r: r.heldout_top1) if len(heldout) else None
     return TrainResult(
-        final_top1=history[-1].heldout_top1, best_top1=best.heldout_top1, best_epoch=best.epoch,
+        final_top1=history[-1].heldout_top1, best_top1=None if best is None else best.heldout_top1,
+        best_epoch=None if best is None else best.epoch,
         seconds=time.perf_counter() - start, params=sum(p.numel() for p in model.parameters()),
         train_images=len(train_data), heldout_images=len(heldout), history=history,
     )
@@ -266,17 +275,21 @@ def training_metadata(
             "augmentation": f"random crop (pad {recipe.pad}), horizontal flip: {recipe.hflip}",
             "val_fraction": val_fraction,
             "split": "psvit.data.split_indices(labels, val_fraction, seed): stratified per class",
-            "heldout_top1": round(result.final_top1, 6),
-            "best_heldout_top1": round(result.best_top1, 6),
+            "heldout_top1": _rounded(result.final_top1, 6),  # None: no held-out images (val_fraction 0)
+            "best_heldout_top1": _rounded(result.best_top1, 6),
             "best_epoch": result.best_epoch,
             "train_images": result.train_images,
             "heldout_images": result.heldout_images,
             "seconds": round(result.seconds, 1),
             "history": [
-                {"epoch": r.epoch, "loss": round(r.train_loss, 4), "heldout_top1": round(r.heldout_top1, 4)}
+                {"epoch": r.epoch, "loss": round(r.train_loss, 4), "heldout_top1": _rounded(r.heldout_top1, 4)}
                 for r in result.history
             ],
             "command": command,
         },
         "data": source,
     }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)

@@ -9,7 +9,7 @@ import numpy as np
 from .backends.base import Backend, Timings
 from .batching import chunk_plan, check_batch, pad_rows
 from .errors import RuntimeInputError
-from .predict import ImageInput, Prediction, as_image_list, preprocessor, top_k
+from .predict import ImageInput, Prediction, as_image_list, check_topk, preprocessor, top_k
 
 
 class Runtime:
@@ -102,6 +102,7 @@ class Runtime:
 
     def predict(self, images: ImageInput | Sequence[ImageInput], topk: int = 5) -> list[list[Prediction]]:
         """Per image, the ``topk`` classes as (index, name, probability), most probable first."""
+        check_topk(topk)  # before the work
         return top_k(self.infer(self.preprocess_images(images)), topk, self.class_names)
 
     # ---- lifetime ---------------------------------------------------------------------------------

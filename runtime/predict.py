@@ -28,11 +28,18 @@ def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[Any]:
     """One image or a sequence of them -> a list of PIL images / uint8 arrays (files are read)."""
     from PIL import Image
 
-    one_array = isinstance(images, np.ndarray) and images.ndim in (2, 3)  # (H, W) or (H, W, C)
-    if one_array or isinstance(images, (str, os.PathLike, Image.Image)):
+    takes = "predict() takes an image path, a PIL image or a uint8 (H, W, C) array, or a list of them"
+    if isinstance(images, np.ndarray):
+        if images.ndim in (2, 3):  # (H, W) or (H, W, C): one image
+            images = [images]
+        elif images.ndim == 4:
+            images = list(images)  # (B, H, W, C) uint8
+        else:
+            raise DataError(f"{takes}; got an array of shape {images.shape}")
+    elif isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)  # (B, H, W, C) uint8
+    elif isinstance(images, (bytes, bytearray)) or not isinstance(images, Sequence):
+        raise DataError(f"{takes}; got {type(images).__name__}")
     out = []
     for im in images:
         if isinstance(im, (str, os.PathLike)):
@@ -40,7 +47,7 @@ def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[Any]:
         elif isinstance(im, (Image.Image, np.ndarray)):
             out.append(im)
         else:
-            raise DataError(f"predict() takes image paths, PIL images or uint8 HWC arrays; got {type(im).__name__}")
+            raise DataError(f"{takes}; got a list holding a value of type {type(im).__name__}")
     return out
 
 
@@ -65,10 +72,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def check_topk(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise RuntimeInputError(f"topk must be an integer >= 1, got {k!r}")
+
+
 def top_k(logits: np.ndarray, k: int, class_names: Sequence[str] | None) -> list[list[Prediction]]:
     """Per row, the ``k`` most probable classes (softmax), most probable first."""
-    if k < 1:
-        raise RuntimeInputError(f"topk must be at least 1, got {k}")
+    check_topk(k)
     probs = softmax(logits)
     k = min(k, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]

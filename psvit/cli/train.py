@@ -82,7 +82,9 @@ def train(
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate (warmup, then cosine)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the weights, the split, shuffling and the synthetic data."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of each class held out."),
+    val_fraction: float = typer.Option(
+        0.2, "--val-fraction", help="Share of each class held out (0: train on every image, no held-out accuracy)."
+    ),
     synthetic_count: Optional[int] = typer.Option(
         None, "--synthetic-count",
         help=f"Images to generate for --data synthetic [default: {DEFAULT_SYNTHETIC_COUNT}].",
@@ -105,11 +107,10 @@ def train(
     )
     dataset = _load_data(data, synthetic_count, seed, preprocess)
     train_idx, heldout_idx = split_indices(dataset.labels, val_fraction, seed)
-    err_console.print(
-        f"{len(dataset)} images, {dataset.num_classes} classes: {len(train_idx)} train, "
-        f"{len(heldout_idx)} held out",
-        highlight=False,
-    )
+    held = (f"{len(heldout_idx)} held out" if len(heldout_idx)
+            else "none held out (--val-fraction 0): no held-out accuracy will be measured")
+    err_console.print(f"{len(dataset)} images, {dataset.class_summary()}", highlight=False)
+    err_console.print(f"{len(train_idx)} train, {held}", highlight=False)
     model = build_model(variant, dataset.num_classes, seed)
     result = run_training(model, dataset.subset(train_idx), dataset.subset(heldout_idx), preprocess, recipe)
     command = reproduce_command(variant, data, synthetic_count, recipe, val_fraction, out)
@@ -117,9 +118,12 @@ def train(
     save_checkpoint(model, out, class_names=list(dataset.class_names), metadata=metadata)
 
     table = Table(title=f"trained {variant}", show_header=False)
+    not_measured = "not measured (--val-fraction 0: trained on every image)"
     for key, value in (
-        ("held-out top-1 (final weights)", f"{result.final_top1:.2%} of {result.heldout_images}"),
-        ("best held-out top-1", f"{result.best_top1:.2%} (epoch {result.best_epoch})"),
+        ("held-out top-1 (final weights)",
+         not_measured if result.final_top1 is None else f"{result.final_top1:.2%} of {result.heldout_images}"),
+        ("best held-out top-1",
+         not_measured if result.best_top1 is None else f"{result.best_top1:.2%} (epoch {result.best_epoch})"),
         ("train images / classes", f"{result.train_images} / {dataset.num_classes}"),
         ("epochs", str(recipe.epochs)),
         ("time", f"{result.seconds:.1f}s"),

@@ -26,23 +26,55 @@ class FolderIndex:
     class_names: tuple[str, ...]
 
 
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")
+def _visible(name: str) -> bool:
+    """False for hidden files and folders (``.ipynb_checkpoints``, ``.git``, ``.DS_Store``...)."""
+    return not name.startswith(".")
 
 
-def _visible_path(rel: Path) -> bool:
-    """False for hidden files and files inside hidden folders (``.ipynb_checkpoints``, ``.git``...)."""
-    return not any(part.startswith(".") for part in rel.parts)
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive, by extension, case-insensitive, hidden ones left out), sorted.
+
+    Symbolic links to folders are followed, as torchvision's ``ImageFolder`` does, with two guards it lacks:
+    a link to ``folder`` itself or to a folder above it is not followed (it would loop, or pull in the
+    other classes), and each real folder is read once (so any other cycle ends). A link to a missing file
+    is listed like any file: reading it fails and the caller reports it, instead of it vanishing.
+    """
+    top = os.path.realpath(folder)
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link: a cycle or a duplicate
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = [d for d in dirnames if _visible(d) and not _is_above(os.path.join(dirpath, d), top)]
+        found.extend(Path(dirpath) / f for f in filenames
+                     if _visible(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(found)
+
+
+def _is_above(path: str, top: str) -> bool:
+    """Whether ``path`` resolves to ``top`` or to a folder that contains it."""
+    real = os.path.realpath(path)
+    return top == real or top.startswith(real.rstrip(os.sep) + os.sep)
 
 
 def scan_image_folder(root: str | os.PathLike) -> FolderIndex:
-    """List the class subfolders and their image files (by extension, case-insensitive), sorted."""
+    """List the class subfolders and their image files (see :func:`list_image_files`), sorted."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass an image folder or --data synthetic")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; pass a folder with one subfolder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p))
+    entries = sorted(p for p in root.iterdir() if _visible(p.name))
+    broken = [p for p in entries if p.is_symlink() and not p.exists()]
+    if broken:
+        raise DataError(
+            f"{broken[0]} is a symbolic link to {os.readlink(broken[0])}, which does not exist; fix or remove it "
+            f"(a class folder that cannot be read would silently drop a class)"
+        )
+    classes = [p.name for p in entries if p.is_dir()]
     if not classes:
         raise DataError(
             f"{root} has no class subfolders; put each class's images in its own subfolder "
@@ -51,11 +83,7 @@ def scan_image_folder(root: str | os.PathLike) -> FolderIndex:
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        folder = root / name
-        found = sorted(
-            p for p in folder.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and _visible_path(p.relative_to(folder)) and p.is_file()
-        )
+        found = list_image_files(root / name)
         files.extend(p.relative_to(root) for p in found)
         labels.extend([label] * len(found))
     if not files:
@@ -120,6 +148,7 @@ def load_image_folder(root: str | os.PathLike, preprocess: Preprocess) -> Labele
         "fingerprint": dataset_fingerprint(used, index.root),
         "fingerprint_of": "sha256 of the relative paths and sizes of the files used",
         "img_size": preprocess.img_size,
+        "class_counts": dict(zip(index.class_names, np.bincount(labels, minlength=len(index.class_names)).tolist())),
     }
     return LabeledImages(
         pixels=np.stack(pixels),  # (N, C, H, W)

@@ -358,6 +358,11 @@ class SyntheticSplit:
 
     def heldout_indices(self) -> np.ndarray:
         """Indices of the held-out images (sorted), exactly as the training run split them."""
+        if self.val_fraction == 0:
+            raise DataError(
+                "the model was trained on every synthetic image (--val-fraction 0): none is held out; "
+                "evaluate on a folder of images it never saw instead"
+            )
         labels = np.arange(self.count) % NUM_CLASSES  # the generator's labels (label_of)
         return split_indices(labels, self.val_fraction, self.split_seed)[1]
 
