@@ -155,6 +155,34 @@ def test_image_folder_errors(tmp_path, write_image):
         load_image_folder(write_image("plain.png"), PRE)
 
 
+def test_symlinked_folders_are_followed_once_and_counted(colour_folder, tmp_path):
+    real = colour_folder  # 20 images per class
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "blue").symlink_to(real / "blue", target_is_directory=True)  # a linked class folder
+    shutil.copytree(real / "red", data / "red")
+    (data / "red" / "more").symlink_to(real / "green", target_is_directory=True)  # a linked subfolder
+    (data / "red" / "loop").symlink_to(data, target_is_directory=True)  # back up the tree: not followed
+    (data / "red" / "more2").symlink_to(real / "green", target_is_directory=True)  # the same folder again
+    (data / "red" / "gone.png").symlink_to(tmp_path / "missing.png")  # a broken file link: reported
+    loaded = load_image_folder(data, PRE)
+    assert loaded.class_names == ("blue", "red")
+    assert loaded.class_counts() == [20, 40]  # red: its own 20 + green's 20 once; the loop adds nothing
+    assert loaded.source["class_counts"] == {"blue": 20, "red": 40}
+    assert loaded.source["skipped"] == ["red/gone.png"]
+    assert loaded.class_summary() == "2 classes: blue 20, red 40"
+
+
+def test_a_broken_class_link_and_empty_classes_are_not_silent(colour_folder, tmp_path):
+    data = colour_folder
+    (data / "yellow").mkdir()
+    assert load_image_folder(data, PRE).class_summary() == (
+        "4 classes: blue 20, green 20, red 20, yellow 0; no images for yellow (the model can never learn them)")
+    (data / "purple").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    with pytest.raises(DataError, match="purple is a symbolic link to .*nowhere, which does not exist; fix or"):
+        scan_image_folder(data)
+
+
 def test_fingerprint_depends_on_relative_paths_and_sizes(colour_folder, tmp_path):
     files = scan_image_folder(colour_folder).files
     fp = dataset_fingerprint(files, colour_folder)
@@ -181,10 +209,16 @@ def test_split_is_stratified_disjoint_and_deterministic():
 
 
 def test_split_bad_fraction_and_too_few_images():
-    with pytest.raises(ConfigError, match="between 0 and 1"):
-        split_indices(np.zeros(10), 1.0, 0)
-    with pytest.raises(DataError, match="too few"):
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ConfigError, match="between 0 and 1"):
+            split_indices(np.zeros(10), bad, 0)
+    with pytest.raises(DataError, match="too few.*--val-fraction 0"):
         split_indices(np.arange(3), 0.2, 0)  # one image per class: nothing can be held out
+
+
+def test_split_fraction_zero_trains_on_every_image():
+    train, held = split_indices(np.arange(7) % 3, 0.0, seed=1)
+    assert train.tolist() == list(range(7)) and held.size == 0
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------

@@ -110,3 +110,33 @@ def test_not_an_image_names_the_file(tmp_path):
         load_image(tmp_path / "missing.png")
     with pytest.raises(DataError, match="broken.png"):
         Preprocess(16, MEAN, STD).load([bad])
+
+
+# ---- deeper than 8 bits: documented scaling, not clipping --------------------------------------------
+RAMP = np.linspace(0.0, 1.0, 64).reshape(8, 8)  # (H, W) intensities 0..1
+
+
+@pytest.mark.parametrize(
+    "name, pixels",
+    [
+        ("float01.tif", RAMP.astype(np.float32)),  # 0..1 floats: the common float convention
+        ("float255.tif", (RAMP * 255).astype(np.float32)),  # 0..255 floats: 8-bit levels
+        ("gray16.png", np.rint(RAMP * 65535).astype(np.uint16)),  # 16-bit PNG (I;16)
+        ("gray16.tif", np.rint(RAMP * 65535).astype(np.uint16)),  # 16-bit TIFF (I;16)
+        ("int32.tif", np.rint(RAMP * 65535).astype(np.int32)),  # 32-bit integer holding 16-bit levels
+    ],
+)
+def test_deep_images_keep_their_intensities(tmp_path, name, pixels):
+    Image.fromarray(pixels).save(tmp_path / name)
+    rgb = np.asarray(load_image(tmp_path / name))
+    assert rgb.shape == (8, 8, 3) and (rgb == rgb[..., :1]).all()
+    np.testing.assert_allclose(rgb[..., 0], RAMP * 255, atol=0.51)  # round(v * 255), never all black
+
+
+def test_deep_images_without_a_known_scale_are_refused(tmp_path):
+    Image.fromarray((RAMP * 2 - 1).astype(np.float32)).save(tmp_path / "signed.tif")  # -1..1
+    with pytest.raises(DataError, match=r"signed.tif: a float image with values from -1 to 1 has no known scale"):
+        load_image(tmp_path / "signed.tif")
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "big.tif")
+    with pytest.raises(DataError, match="convert it to 8- or 16-bit"):
+        load_image(tmp_path / "big.tif")

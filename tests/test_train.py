@@ -14,7 +14,7 @@ from psvit.cli import main
 from psvit.data import split_indices
 from psvit.data.image_folder import load_image_folder
 from psvit.data.synthetic import CLASSES, SyntheticSplit, generate_synthetic, load_synthetic
-from psvit.errors import ConfigError
+from psvit.errors import ConfigError, DataError
 from psvit.preprocessing import Preprocess
 from psvit.train import TrainRecipe, augment, build_model, evaluate, lr_at, train
 
@@ -99,6 +99,23 @@ def test_cli_train_on_a_folder_writes_a_documented_checkpoint(colour_folder, tmp
     assert training["recipe"]["seed"] == 0 and training["heldout_images"] == 15
     assert 0.0 <= training["heldout_top1"] <= 1.0
     assert data["kind"] == "image_folder" and len(data["fingerprint"]) == 64 and data["skipped_files"] == 0
+
+
+def test_cli_train_on_every_image_reports_no_heldout_accuracy(colour_folder, tmp_path, capsys):
+    out = tmp_path / "model.safetensors"
+    code = main(["train", "--variant", "psvit_micro", "--data", str(colour_folder), "--epochs", "1",
+                 "--out", str(out), "--batch-size", "32", "--threads", "1", "--val-fraction", "0"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "60 images, 3 classes: blue 20, green 20, red 20" in err
+    assert "none held out (--val-fraction 0): no held-out accuracy will be measured" in err
+    training = psvit.load_checkpoint(out).metadata["training"]
+    assert training["train_images"] == 60 and training["heldout_images"] == 0
+    assert training["heldout_top1"] is None and training["best_heldout_top1"] is None  # not a made-up 0%
+    assert all(h["heldout_top1"] is None for h in training["history"])
+    assert "--val-fraction 0 " in training["command"]
+    with pytest.raises(DataError, match="no images to evaluate"):
+        evaluate(psvit.load_checkpoint(out).model, load_image_folder(colour_folder, PRE).subset([]), PRE)
 
 
 def test_cli_train_on_synthetic_data(tmp_path, capsys):
