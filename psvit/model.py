@@ -21,6 +21,7 @@ from torch import nn
 
 from .config import PSViTConfig
 from .errors import ConfigError
+from .fields import coerce
 
 SHARE_MODES = ("map", "qk")
 # What a block hands to the block that shares its attention: the probabilities A (map mode) or the
@@ -210,6 +211,10 @@ class PSViT(nn.Module):
         shared_attention: str | Sequence[str] = "map",
     ) -> None:
         super().__init__()
+        if not isinstance(cfg, PSViTConfig):
+            raise ConfigError(f"PSViT needs a PSViTConfig, got {type(cfg).__name__}; or use psvit.create_model(name)")
+        exportable = coerce(exportable, bool, "build option 'exportable'")
+        fused_attention = coerce(fused_attention, bool | None, "build option 'fused_attention'")
         self.cfg = cfg
         self.exportable = exportable
         fused = (not exportable) if fused_attention is None else fused_attention
@@ -257,7 +262,7 @@ class PSViT(nn.Module):
         """Choose per stage how a shared map reaches its sharers: ``"map"`` (A computed once and reused)
         or ``"qk"`` (the owner's Q and K reused, A recomputed; fusable). Same function either way."""
         n = self.cfg.num_stages
-        modes = (mode,) * n if isinstance(mode, str) else tuple(mode)
+        modes = (mode,) * n if isinstance(mode, str) else tuple(mode) if isinstance(mode, (list, tuple)) else ()
         if len(modes) != n or any(m not in SHARE_MODES for m in modes):
             raise ConfigError(
                 f"shared_attention must be one of {SHARE_MODES} or one per stage ({n} stages), got {mode!r}"

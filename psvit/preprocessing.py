@@ -68,14 +68,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
-        levels = _scale(np.asarray(img, dtype=np.float64), 65535.0)
-    elif img.mode == "I":
-        a = np.asarray(img, dtype=np.float64)
-        levels = _scale(a, 255.0 if a.size == 0 or (a.min() >= 0 and a.max() <= 255) else 65535.0, "integer")
-    elif img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        levels = _scale(a, 1.0 if a.size == 0 or (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1) else 255.0,
-                        "float")
+        levels = _scale(np.asarray(img, dtype=np.float64), 65535.0, "16-bit")
+    elif img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)  # (H, W)
+        narrow, wide = (1.0, 255.0) if img.mode == "F" else (255.0, 65535.0)
+        full = narrow if _within(a, narrow) else wide  # the narrower scale when every value fits it
+        levels = _scale(a, full, "float" if img.mode == "F" else "integer")
     else:
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")  # PIL warns when palette transparency is converted straight to RGB
@@ -83,9 +81,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return Image.fromarray(levels).convert("RGB")
 
 
-def _scale(a: np.ndarray, full: float, kind: str = "16-bit") -> np.ndarray:
+def _within(a: np.ndarray, full: float) -> bool:
+    return a.size == 0 or bool(np.isfinite(a).all() and a.min() >= 0 and a.max() <= full)
+
+
+def _scale(a: np.ndarray, full: float, kind: str) -> np.ndarray:
     """Grayscale values in ``0..full`` -> uint8 levels ``round(v * 255 / full)``; DataError outside."""
-    if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= full):
+    if not _within(a, full):
         lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
         raise DataError(
             f"a {kind} image with values from {lo:g} to {hi:g} has no known scale (expected 0..1 or 0..255 for "
