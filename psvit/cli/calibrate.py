@@ -12,7 +12,7 @@ from rich.table import Table
 from . import app
 from .console import console, err_console
 from .options import (
-    CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt,
+    CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt, VariantOpt,
     deprecated_alias,
 )
 
@@ -23,6 +23,7 @@ def calibrate_command(
         metavar="MODEL", help="FP32 .onnx from 'psvit-export onnx' (or a checkpoint, 'demo' or a variant: "
                               "exported to OUT's folder as *.fp32.onnx first).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output INT8 .onnx file.")],
+    variant: VariantOpt = None,
     calib_data: CalibDataOpt = None,
     calib_count: CalibCountOpt = None,
     calib_batch: CalibBatchOpt = None,
@@ -69,7 +70,8 @@ def calibrate_command(
 
         require_data(calib_data)  # before minutes of export
         check_output_folder(out)
-        fp32_path = str(export_step(model, out.with_name(out.stem + ".fp32.onnx"), "fp32", log=say).path)
+        fp32_path = str(export_step(model, out.with_name(out.stem + ".fp32.onnx"), "fp32", variant=variant,
+                                    log=say).path)
     result = quantize_onnx(
         fp32_path, out, calib_data=calib_data, calib_count=calib_count, calib_batch=calib_batch,
         calib_method=calib_method.value, calib_cache=calib_cache, force_recalibrate=force_recalibrate,
