@@ -157,8 +157,11 @@ def export_onnx(
                              max_rel_l2=FP32_MAX_REL_L2)
         comparisons.append(fp32_check)
         if fp32_check.passed is False:  # an FP16 error would be meaningless on top of a broken FP32 graph
-            _fail_or_warn(strict, VerificationError, f"ONNX FP32 vs PyTorch: relative L2 error "
-                          f"{fp32_check.worst_rel_l2:.3g} exceeds {FP32_MAX_REL_L2:g}.", notes, sep=" ")
+            message = f"ONNX FP32 vs PyTorch: relative L2 error {fp32_check.worst_rel_l2:.3g} exceeds " \
+                      f"{FP32_MAX_REL_L2:g}."
+            if strict:
+                raise VerificationError(f"{message} {_KEEP_HINT}")
+            notes.append(message)
         say(f"converting to FP16 ({fp16_converter})")
         proto, fp16_report = convert_fp16(proto, inputs, keep_io_types=not fp16_io, converter=fp16_converter,
                                           headroom=fp16_headroom)
@@ -180,8 +183,10 @@ def export_onnx(
                              raise_on_problem=False)
         times["checks"] = time.perf_counter() - t0
         if report.problems:
-            _fail_or_warn(strict, GraphCheckError, "the exported graph fails its checks:\n  "
-                          + "\n  ".join(report.problems), notes)
+            message = "the exported graph fails its checks:\n  " + "\n  ".join(report.problems)
+            if strict:
+                raise GraphCheckError(f"{message}\n{_KEEP_HINT}")
+            notes.append(message)
         t0 = time.perf_counter()
         say(f"verifying ONNX Runtime vs PyTorch on {len(inputs)} samples")
         tol = max_rel_l2 if max_rel_l2 is not None else (FP16_MAX_REL_L2 if fp16 else FP32_MAX_REL_L2)
@@ -211,9 +216,3 @@ def export_onnx(
         external_data=data_path, seconds=times, warnings=notes,
     )
 
-
-def _fail_or_warn(strict: bool, error: type[Exception], message: str, notes: list[str], sep: str = "\n") -> None:
-    """Raise ``error`` (the message plus how to keep the artifact anyway) or, not ``strict``, note the message."""
-    if strict:
-        raise error(f"{message}{sep}{_KEEP_HINT}")
-    notes.append(message)

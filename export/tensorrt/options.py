@@ -75,7 +75,8 @@ def inspect_onnx_file(path: str | os.PathLike) -> OnnxFacts:
     from ..onnx_io import load_onnx_graph
 
     path = Path(path)
-    model = load_onnx_graph(path, "pass a .onnx file, a checkpoint or 'demo'")
+    model = load_onnx_graph(path, "pass a .onnx file (psvit-export trt and psvit.pipeline.engine also take a "
+                                  "checkpoint or 'demo')")
     graph = model.graph
     if not graph.node or not graph.input:
         raise EngineBuildError(f"{path} is not an ONNX model with a graph (no nodes or inputs)")
