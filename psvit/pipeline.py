@@ -315,7 +315,8 @@ def engine(
         raise EngineBuildError("--fp16 and --int8 exclude each other; choose one")
     profile, _ = check_build_options(batch, workspace, optimization_level)
     out = check_engine_output(out)
-    if isinstance(calib_data, (str, os.PathLike)) and not Path(calib_data).exists() and str(calib_data) != "synthetic":
+    images = isinstance(calib_data, (str, os.PathLike)) and str(calib_data) != "synthetic"  # a folder or file
+    if images and not Path(calib_data).exists():
         raise EngineBuildError(f"--calib-data {calib_data} does not exist; pass an image folder or a .npy/.npz file")
     resolved = resolve_builder(builder)
     text = str(source)
@@ -333,8 +334,8 @@ def engine(
     onnx_path = Path(onnx_out) if onnx_out else derived_onnx_path(out, precision,
                                                                   avoid=art.path if art.path else None)
     step = onnx_for(text, precision, onnx_path, target=Target.TENSORRT, calibration=calibration,
-                    data=calib_data if fp16 and isinstance(calib_data, (str, os.PathLike))
-                    and str(calib_data) != "synthetic" else None, seed=seed, force=force, log=say)
+                    data=calib_data if fp16 and images else None,  # value ranges of the FP16 export
+                    seed=seed, force=force, log=say)
     onnx_seconds = time.perf_counter() - t0
     request = engine_request(step.path, batch=profile, workspace=workspace, optimization_level=optimization_level,
                              timing_cache=timing_cache, builder=resolved)

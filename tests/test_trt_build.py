@@ -1,4 +1,4 @@
-"""``psvit.export.trt_build.build_engine`` with the real TensorRT-RTX builder (it builds on a CPU-only
+"""``psvit.export.tensorrt.build_engine`` with the real TensorRT-RTX builder (it builds on a CPU-only
 machine). PSViT graphs are built in test_export_graph.py / test_export_api.py / test_export_224.py; here
 the builder's own behaviour: profiles, static graphs, parser and option errors, missing packages."""
 from __future__ import annotations

@@ -30,10 +30,12 @@ from types import ModuleType
 from typing import Any
 
 from ...provenance import atomic_output
-from ...runtime.tensorrt import DeviceInfo, capture, detect_device, import_tensorrt, normalise_flavour, trt_logger
+from ...runtime.tensorrt import (
+    FLAVOURS, DeviceInfo, capture, detect_device, import_tensorrt, normalise_flavour, trt_logger,
+)
 from ..errors import EngineBuildError
 
-BUILDERS = ("auto", "tensorrt", "tensorrt_rtx")
+BUILDERS = ("auto", *FLAVOURS)
 DEFAULT_BATCH_PROFILE = (1, 8, 32)  # min, opt, max for graphs with a dynamic batch
 
 
