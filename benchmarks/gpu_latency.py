@@ -78,7 +78,7 @@ def ort_checks(onnx_path: Path, device: str, tmp: Path) -> dict[str, Any]:
     out["memcpy_nodes"] = memcpy_nodes(optimized)
     if device.startswith("cuda"):
         try:
-            graph_rt = load(onnx_path, device=device, cuda_graph=True)
+            graph_rt = load(onnx_path, device=device, cuda_graphs=True)
             for _ in range(3):  # first run captures, later ones replay
                 got = graph_rt.infer(x)
             out["cuda_graph"] = {"ok": True, "max_abs_diff": float(np.abs(got - plain).max())}
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 checks[onnx_path.name] = ort_checks(onnx_path, device, tmp)
                 ort_modes = [("ort " + device, {})]
                 if device == "cuda" and checks[onnx_path.name].get("cuda_graph", {}).get("ok"):
-                    ort_modes.append(("ort cuda graph", {"cuda_graph": True}))
+                    ort_modes.append(("ort cuda graph", {"cuda_graphs": True}))
                 for label, opts in ort_modes:
                     with load(onnx_path, device=device, **opts) as rt:
                         for b in batches:

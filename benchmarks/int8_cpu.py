@@ -32,12 +32,10 @@ METHODS = ("max", "percentile", "entropy", "mse")
 
 
 def session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
+    """The graph on ONNX Runtime CPU, through psvit.runtime."""
+    from psvit.runtime import load
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return load(path, threads=threads)
 
 
 def latency(models: dict[str, Path], batches: tuple[int, ...], rounds: int, warmup: int, threads: int
@@ -46,16 +44,15 @@ def latency(models: dict[str, Path], batches: tuple[int, ...], rounds: int, warm
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32), dtype=np.float32)
         sessions = {name: session(p, threads) for name, p in models.items()}
-        feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
-        for name, s in sessions.items():
+        for s in sessions.values():
             for _ in range(warmup):
-                s.run(None, feeds[name])
+                s.infer(x)
         times: dict[str, list[float]] = {name: [] for name in sessions}
         order = list(sessions)
         for r in range(rounds):
             for name in order[r % len(order):] + order[:r % len(order)]:
                 t0 = time.perf_counter()
-                sessions[name].run(None, feeds[name])
+                sessions[name].infer(x)
                 times[name].append((time.perf_counter() - t0) * 1e3)
         stats = {name: stats_ms(ts, batch) for name, ts in times.items()}
         for name, ts in times.items():
@@ -98,7 +95,8 @@ def main() -> None:
         methods = []
         for method in METHODS:
             out = tmp / f"int8_{method}.onnx"
-            r = quantize_onnx(fp32_path, out, calib_data="synthetic", calib_count=args.calib_count, method=method)
+            r = quantize_onnx(fp32_path, out, calib_data="synthetic", calib_count=args.calib_count,
+                              calib_method=method)
             rep = accuracy_report(fp32_path, out, data)
             methods.append({"method": method, "calibration_s": r.calibration_seconds, "total_s": r.seconds,
                             **{k: rep[k] for k in ("fp32_top1", "int8_top1", "top1_drop_points", "top1_agreement",

@@ -29,31 +29,25 @@ from _common import stats_ms, time_calls, write_json  # noqa: E402
 SHAPE_OPS = ("Shape", "Gather", "Concat", "Unsqueeze", "Slice", "ConstantOfShape", "Expand")
 
 
-def open_session(path: Path, batch: int, threads: int | None) -> tuple[Any, dict[str, np.ndarray]]:
-    """An ORT CPU session and a random input batch for it."""
-    import onnxruntime as ort
+def open_session(path: Path, batch: int, threads: int | None) -> tuple[Any, np.ndarray]:
+    """The graph on ONNX Runtime CPU (through psvit.runtime) and a random input batch for it."""
+    from psvit.runtime import load
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    x = np.random.default_rng(0).standard_normal((batch, *inp.shape[1:]), dtype=np.float32)
-    return sess, {inp.name: x}
+    rt = load(path, threads=threads)
+    x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape), dtype=np.float32)
+    return rt, x
 
 
 def interleaved_latency(
-    cases: dict[tuple[str, str, int], tuple[Any, dict[str, np.ndarray]]], rounds: int, runs_per_round: int
+    cases: dict[tuple[str, str, int], tuple[Any, np.ndarray]], rounds: int, runs_per_round: int
 ) -> dict[tuple[str, str, int], dict[str, float]]:
     """Time every case in turn, ``rounds`` times: load changes on a shared CPU hit all rows alike."""
     times: dict[tuple[str, str, int], list[float]] = {k: [] for k in cases}
-    for sess, feed in cases.values():  # warm-up
-        for _ in range(2):
-            sess.run(None, feed)
+    for rt, x in cases.values():  # warm-up
+        rt.warmup([len(x)])
     for _ in range(rounds):
-        for key, (sess, feed) in cases.items():
-            times[key] += [t * 1e3 for t in time_calls(lambda: sess.run(None, feed), runs_per_round)]
+        for key, (rt, x) in cases.items():
+            times[key] += [t * 1e3 for t in time_calls(lambda: rt.infer(x), runs_per_round)]
     out = {}
     for key, ts in times.items():
         s = stats_ms(ts, batch=key[2])
@@ -98,8 +92,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from psvit.export import OnnxRuntimeRunner, compare, export_onnx
+    from psvit.export import compare, export_onnx
     from psvit.export.inputs import random_images
+    from psvit.runtime import load
 
     console = Console(width=max(Console().width, 140))  # the table has 12 columns
     rows: list[dict[str, Any]] = []
@@ -110,7 +105,7 @@ def main() -> None:
         console.print("[dim]exporting deit_small (timm, TorchScript exporter)...[/]")
         timm_path = tmp / "deit_small.timm.onnx"
         export_timm_deit_small(ours.source.model.state_dict(), timm_path)
-        parity = compare(OnnxRuntimeRunner(ours.path), OnnxRuntimeRunner(timm_path), random_images(2, (3, 224, 224)))
+        parity = compare(load(ours.path), load(timm_path), random_images(2, (3, 224, 224)))
         artifacts = [("deit_small", "ours (dynamo, static tokens)", ours.path),
                      ("deit_small", "timm onnx_export (TorchScript)", timm_path)]
         for mode in ("map", "qk", "auto"):

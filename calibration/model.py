@@ -1,12 +1,13 @@
-"""The FP32 input of calibration: an exported PSViT ONNX file (or a source exported on the fly), checked."""
+"""The FP32 input of calibration: an exported PSViT ONNX file, checked. A checkpoint is exported first by
+the pipeline (:mod:`psvit.pipeline`; ``psvit-export calibrate`` does it), never here."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import ArtifactKind, detect_artifact
 from .errors import CalibrationError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger")
@@ -31,7 +32,13 @@ def load_fp32_model(path: str | os.PathLike) -> Fp32Model:
     from ..export.onnx_io import load_onnx_graph
 
     path = Path(path)
-    proto = load_onnx_graph(path, CalibrationError, f"pass an FP32 .onnx file ({_EXPORT_HINT})")
+    artifact = detect_artifact(path)
+    if artifact.kind is not ArtifactKind.ONNX:
+        raise CalibrationError(
+            f"{path} is a {artifact.kind.value} ({artifact.format}), not an ONNX graph; quantize_onnx takes the FP32 "
+            f"export ({_EXPORT_HINT}); `psvit-export calibrate` and psvit.pipeline export checkpoints first"
+        )
+    proto = load_onnx_graph(path, f"pass an FP32 .onnx file ({_EXPORT_HINT})")
     meta = read_metadata(proto)
     quantized = sorted({n.op_type for n in proto.graph.node if n.op_type in QDQ_OPS})
     if quantized or meta.get("psvit.precision") == "int8":
@@ -62,12 +69,3 @@ def load_fp32_model(path: str | os.PathLike) -> Fp32Model:
         path=path, metadata=meta, preprocess=dict(meta["psvit.preprocess"]), input_name=inp.name,
         input_shape=(int(dims[1]), int(dims[2]), int(dims[3])), static_batch=dims[0],
     )
-
-
-def export_fp32(source: str, folder: str | os.PathLike, log: Callable[[str], None] | None = None) -> Path:
-    """Export a checkpoint, ``demo`` or variant to an FP32 ONNX file in ``folder`` (verified by export_onnx)."""
-    from ..export import export_onnx
-
-    out = Path(folder) / "fp32.onnx"
-    export_onnx(source, out, log=log)
-    return out

@@ -27,7 +27,7 @@ from .cache import CacheKey, default_cache_path, reusable_ranges, write_cache
 from .data import DEFAULT_BATCH, CalibrationSet, CalibSpec, load_calibration_set, require_data
 from .errors import CalibrationError
 from .methods import ORT_METHOD, check_method, entropy_ranges, mse_ranges, ort_extra_options, parameters
-from .model import Fp32Model, export_fp32, load_fp32_model
+from .model import load_fp32_model
 from ..export.onnx_io import name_nodes
 from .recipe import OP_TYPES, Recipe, plan_recipe
 
@@ -129,14 +129,6 @@ def ort_quantize(
         raise CalibrationError(f"ONNX Runtime quantization failed: {exc}") from exc
 
 
-def _fp32_source(onnx_path: str | os.PathLike, tmp: Path, log: Callable[[str], None]) -> Fp32Model:
-    spec = str(onnx_path)
-    if spec.endswith(".onnx") or Path(spec).is_file() and not spec.endswith((".safetensors", ".pth", ".pt")):
-        return load_fp32_model(spec)
-    log(f"exporting {spec} to FP32 ONNX first")
-    return load_fp32_model(export_fp32(spec, tmp, log=log))
-
-
 def _metadata(fp32_sha256: str, result: dict[str, Any]) -> dict[str, str]:
     from ..export.metadata import PREFIX
     from ..provenance import package_versions
@@ -157,23 +149,23 @@ def quantize_onnx(
     calib_data: CalibSpec | None,
     calib_count: int | None = None,
     calib_batch: int | None = None,
-    method: str = "max",
-    cache_path: str | os.PathLike | None = None,
+    calib_method: str = "max",
+    calib_cache: str | os.PathLike | None = None,
     force_recalibrate: bool = False,
     exclude: tuple[str, ...] | list[str] = (),
     quantize_qk: bool = False,
     keep_fp32: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
-    """Quantize a PSViT FP32 ONNX (or a checkpoint/``demo``/variant, exported first) to Q/DQ INT8.
+    """Quantize a PSViT FP32 ONNX to Q/DQ INT8 (a checkpoint is refused: :mod:`psvit.pipeline` exports it first).
 
     Args:
         calib_data: image folder, ``.npy``/``.npz``, ``"synthetic"`` or a preprocessed float32 (N, C, H, W)
             array. None is refused.
         calib_count: at most this many calibration images (None: 256); calib_batch: images per
             calibration run (None: 16; a fixed-batch graph uses its batch).
-        method: ``max`` | ``percentile`` | ``entropy`` | ``mse``.
-        cache_path: calibration cache (None: ``out_path + ".calib.json"``); reused when model, data and
+        calib_method: ``max`` | ``percentile`` | ``entropy`` | ``mse``.
+        calib_cache: calibration cache (None: ``out_path + ".calib.json"``); reused when model, data and
             method match; another model's cache is refused unless ``force_recalibrate``.
         exclude: regexes on node names kept out of INT8, on top of the recipe.
         quantize_qk: also quantize Q·Kᵀ inputs.
@@ -182,6 +174,7 @@ def quantize_onnx(
     import onnx
 
     require("onnxruntime.quantization", "onnxruntime", "INT8 calibration")
+    method, cache_path = calib_method, calib_cache
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
     check_method(method)
@@ -190,13 +183,13 @@ def quantize_onnx(
     out = Path(out_path)
     if out.suffix != ".onnx":
         raise CalibrationError(f"--out {out} must end in .onnx")
-    check_output_folder(out, CalibrationError)  # missing or read-only folder: fail before calibrating
+    check_output_folder(out)  # missing or read-only folder: fail before calibrating
     require_data(calib_data)  # before any export: no data, no calibration
     cache = Path(cache_path) if cache_path is not None else default_cache_path(out)
 
     with tempfile.TemporaryDirectory(prefix="psvit-calib.") as tmpdir:
         tmp = Path(tmpdir)
-        fp32 = _fp32_source(onnx_path, tmp, say)
+        fp32 = load_fp32_model(onnx_path)
         data: CalibrationSet = load_calibration_set(calib_data, preprocess=fp32.preprocess,
                                                     input_shape=fp32.input_shape, count=calib_count)
         if data.skipped:
@@ -257,10 +250,7 @@ def quantize_onnx(
         from ..export.metadata import set_metadata
 
         set_metadata(qmodel, _metadata(fp32_sha, info))
-        fp32_path = fp32.path if fp32.path.parent != tmp else out.with_name(out.stem + ".fp32.onnx")
-        if fp32.path.parent == tmp:  # keep the on-the-fly FP32 export next to the INT8 one (for reports);
-            with atomic_output(fp32_path, suffix=".onnx") as tmp_fp32:  # first: no INT8 without its FP32
-                tmp_fp32.write_bytes(fp32.path.read_bytes())
+        fp32_path = fp32.path
         with atomic_output(out, suffix=".onnx") as tmp_out:
             onnx.save(qmodel, str(tmp_out))
     say(f"wrote {out} ({count} Q/DQ nodes, rest {rest})")

@@ -20,18 +20,18 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 def accuracy_report(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, data: EvalSet) -> dict[str, Any]:
-    """Run both graphs once on ONNX Runtime CPU over ``data`` and compare the logits
-    (:func:`psvit.export.verify.output_metrics`, the metrics of :func:`psvit.export.compare`)."""
-    from ..export import OnnxRuntimeRunner
-    from ..export.verify import output_metrics
+    """Run both graphs once on ONNX Runtime CPU (through :mod:`psvit.runtime`) over ``data`` and compare the
+    logits (:func:`psvit.export.verify.output_metrics`, the metrics of :func:`psvit.export.compare`)."""
+    from ..export.verify import output_metrics, outputs_of
+    from ..runtime import load
 
-    fp32 = OnnxRuntimeRunner(fp32_path, name="FP32")
-    int8 = OnnxRuntimeRunner(int8_path, name="INT8")
-    ref, cand = fp32(data.images)[fp32.output_names[0]], int8(data.images)[int8.output_names[0]]  # (N, classes)
-    if ref.shape[1] != len(data.class_names):
+    with load(fp32_path, name="FP32") as fp32, load(int8_path, name="INT8") as int8:
+        name = fp32.output_names[0]
+        ref, cand = outputs_of(fp32, data.images)[name], outputs_of(int8, data.images)[int8.output_names[0]]
+    if ref.shape[1] != len(data.class_names):  # (N, classes)
         raise CalibrationError(f"the model has {ref.shape[1]} classes but the evaluation data has "
                                f"{len(data.class_names)} class folders; evaluate on the model's own classes")
-    out = output_metrics(fp32.output_names[0], ref, cand)  # rel L2, global cosine, max abs; no second run
+    out = output_metrics(name, ref, cand)  # rel L2, global cosine, max abs; no second run
     cos = np.sum(ref * cand, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1) + 1e-12)
     result: dict[str, Any] = {
         "images": int(len(data.labels)), "data": data.source, "classes": len(data.class_names),

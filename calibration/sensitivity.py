@@ -1,5 +1,5 @@
 """Per-layer sensitivity: quantize one recipe node at a time (ranges from the calibration cache, so no new
-calibration pass), run it on ONNX Runtime CPU and rank nodes by the output error that node alone adds."""
+calibration pass), run it on ONNX Runtime CPU (through :mod:`psvit.runtime`) and rank nodes by the output error that node alone adds."""
 from __future__ import annotations
 
 import json
@@ -53,10 +53,11 @@ def layer_sensitivity(
     """
     import onnx
 
-    from ..export import OnnxRuntimeRunner, compare
-    from ..provenance import sha256_file
-    from .quantize import ort_quantize
+    from ..export import compare
     from ..export.onnx_io import name_nodes
+    from ..provenance import sha256_file
+    from ..runtime import load
+    from .quantize import ort_quantize
     from .recipe import plan_recipe
 
     cache = read_cache(cache_path)
@@ -65,7 +66,7 @@ def layer_sensitivity(
     proto = onnx.load(str(fp32_path))
     name_nodes(proto)
     recipe = plan_recipe(proto, quantize_qk=quantize_qk, exclude=exclude)
-    reference = OnnxRuntimeRunner(fp32_path, name="FP32")
+    reference = load(fp32_path, name="FP32")
     layers: list[LayerSensitivity] = []
     with tempfile.TemporaryDirectory(prefix="psvit-sens.") as tmpdir:
         tmp = Path(tmpdir)
@@ -75,7 +76,8 @@ def layer_sensitivity(
         for node in recipe.quantize:
             q_path = tmp / "one.onnx"
             ort_quantize(model_in, q_path, None, [node], cache["method"], ranges)
-            cmp = compare(reference, OnnxRuntimeRunner(q_path, name=node), images)
+            with load(q_path, name=node) as candidate:
+                cmp = compare(reference, candidate, images)
             layers.append(LayerSensitivity(node, recipe.kinds[node], cmp.worst_rel_l2, cmp.top1_agreement or 1.0))
     layers.sort(key=lambda x: -x.rel_l2)
     median = float(np.median([x.rel_l2 for x in layers]))

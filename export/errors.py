@@ -1,12 +1,13 @@
 """Errors of the export toolchain: all are :class:`psvit.errors.PSViTError`, so the CLI prints them
-without a traceback and exits non-zero."""
+without a traceback and exits non-zero. Unreadable inputs are :class:`psvit.errors.ArtifactError` and
+unwritable outputs :class:`psvit.errors.OutputPathError`, as in every stage."""
 from __future__ import annotations
 
 from ..errors import PSViTError
 
 
 class ExportError(PSViTError):
-    """An export that cannot be done as asked (bad option, unsupported opset, unwritable output)."""
+    """An export that cannot be done as asked (bad option, unsupported opset)."""
 
 
 class GraphCheckError(ExportError):
@@ -18,8 +19,5 @@ class VerificationError(ExportError):
 
 
 class EngineBuildError(ExportError):
-    """TensorRT (or TensorRT-RTX) could not parse the ONNX graph or build an engine from it."""
-
-
-class EngineMismatchError(PSViTError):
-    """An engine whose sidecar is missing or corrupt, or that was built for another TensorRT, GPU or ONNX."""
+    """TensorRT (or TensorRT-RTX) could not parse the ONNX graph or build an engine from it, or a build
+    option is invalid."""

@@ -107,7 +107,8 @@ def activation_ranges(
     """
     import onnx
 
-    ort = require("onnxruntime", "onnxruntime", "measuring value ranges for FP16 conversion")
+    from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
     types = _elem_types(model) if types is None else types
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -117,19 +118,13 @@ def activation_ranges(
             if o and o not in existing and types.get(o) == _FLOAT:
                 probe.graph.output.append(onnx.helper.make_tensor_value_info(o, _FLOAT, None))
                 existing.add(o)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own error types
-        raise ExportError(f"ONNX Runtime cannot load the FP32 graph: {str(exc).splitlines()[0]}") from exc
-    (inp,) = session.get_inputs()
-    fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) else None
-    names = [o.name for o in session.get_outputs()]
+    backend = OnnxRuntimeBackend(probe.SerializeToString(), name="the FP32 graph (value ranges)", image_input=False)
+    fixed = backend.limits.static
     ranges: dict[str, float] = {}
     for i in range(len(inputs)):
         sample = inputs[i:i + 1] if fixed is None else np.repeat(inputs[i:i + 1], fixed, axis=0)
-        for name, value in zip(names, session.run(None, {inp.name: sample.astype(np.float32)})):
+        outs = backend.run(sample.astype(np.float32))
+        for name, value in (outs.items() if isinstance(outs, dict) else [(backend.output_names[0], outs)]):
             value = np.abs(np.nan_to_num(np.asarray(value, np.float32), nan=0.0, posinf=np.inf, neginf=np.inf))
             ranges[name] = max(ranges.get(name, 0.0), float(value.max()) if value.size else 0.0)
     return ranges

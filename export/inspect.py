@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ExportError
 from .graph_checks import SHAPE_OPS
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxSummary:
     from .onnx_io import load_onnx_graph
 
     path = Path(path)
-    model = load_onnx_graph(path, ExportError)
+    model = load_onnx_graph(path)
     values = _types_and_shapes(model)
     g = model.graph
     ops = Counter(n.op_type for n in g.node)

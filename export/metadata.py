@@ -5,8 +5,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..metadata import PREFIX, decode_metadata
 from ..provenance import package_versions
-from .errors import ExportError
 from .onnx_io import load_onnx_graph
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .sources import ModelSource
 
 FORMAT = "psvit-onnx/1"
-PREFIX = "psvit."
+decode = decode_metadata  # the reading side lives below the runtime (psvit.metadata); this name stays for callers
 RANDOM_WEIGHTS = "random-weights"
 EXPORTER = "torch.onnx.export(dynamo=True) + onnxscript optimizer (no CSE)"
 VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "onnxconverter-common")
@@ -73,33 +73,19 @@ def set_metadata(model: "onnx.ModelProto", meta: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def decode(meta: dict[str, str]) -> dict[str, Any]:
-    """``psvit.*`` values parsed from JSON where they are JSON; other keys as they are."""
-    out: dict[str, Any] = {}
-    for key, value in meta.items():
-        if key.startswith(PREFIX):
-            try:
-                out[key] = json.loads(value)
-                continue
-            except json.JSONDecodeError:
-                pass
-        out[key] = value
-    return out
-
-
 def read_metadata(model: "onnx.ModelProto | str | os.PathLike") -> dict[str, Any]:
     """The decoded metadata of a model or an ONNX file (weights are not read)."""
     import onnx
 
     if not isinstance(model, onnx.ModelProto):
-        model = load_onnx_graph(model, ExportError, "pass an .onnx file (`psvit-export onnx` writes one)")
-    return decode({p.key: p.value for p in model.metadata_props})
+        model = load_onnx_graph(model, "pass an .onnx file (`psvit-export onnx` writes one)")
+    return decode_metadata({p.key: p.value for p in model.metadata_props})
 
 
 def update_metadata_file(path: str | os.PathLike, meta: dict[str, str]) -> None:
     """Rewrite the metadata of a saved ONNX file in place; external weight files are left untouched."""
     import onnx
 
-    model = load_onnx_graph(path, ExportError)
+    model = load_onnx_graph(path)
     set_metadata(model, meta)
     onnx.save_model(model, str(path))

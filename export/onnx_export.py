@@ -17,17 +17,17 @@ from typing import Any
 
 import torch
 
+from ..runtime import from_model, load
 from .errors import ExportError, GraphCheckError, VerificationError
 from .fp16 import DEFAULT_HEADROOM, Fp16Report, convert_fp16
 from .graph_checks import GraphReport, check_graph
 from .inputs import DEFAULT_COUNT, sample_inputs
 from .metadata import PREFIX, build_metadata, set_metadata, update_metadata_file
-from .runners import OnnxRuntimeRunner, TorchRunner
 from .save import atomic_onnx_output, check_output_path, initializer_bytes, needs_external_data, save_onnx
 from .sharing import SharingPlan, check_sharing_options, plan_shared_attention
 from .sources import ModelSource, load_source
 from .trace import BATCH_SYMBOL, DEFAULT_OPSET, INPUT_NAME, check_opset, parse_batch, torch_to_onnx
-from .verify import FP16_MAX_REL_L2, FP32_MAX_REL_L2, Comparison, compare, require_close
+from .verify import FP16_MAX_REL_L2, FP32_MAX_REL_L2, VERIFY_CHUNK, Comparison, compare, require_close
 
 _KEEP_HINT = "The artifact was not written; --no-verify-strict keeps it anyway (not recommended)."
 
@@ -141,7 +141,7 @@ def export_onnx(
     proto = torch_to_onnx(src.model, batch=fixed_batch, opset=opset)
     times["trace"] = time.perf_counter() - t0
 
-    reference = TorchRunner(src)
+    reference = from_model(src.model, name=src.description, class_names=src.class_names, chunk=VERIFY_CHUNK)
     comparisons: list[Comparison] = []
     fp16_report: Fp16Report | None = None
     external = needs_external_data(initializer_bytes(proto))
@@ -153,12 +153,15 @@ def export_onnx(
             )
         t0 = time.perf_counter()
         say("verifying the FP32 graph before conversion")
-        fp32_check = compare(reference, OnnxRuntimeRunner(proto, name="ONNX FP32 (before FP16)"), inputs,
+        fp32_check = compare(reference, load(proto.SerializeToString(), name="ONNX FP32 (before FP16)"), inputs,
                              max_rel_l2=FP32_MAX_REL_L2)
         comparisons.append(fp32_check)
         if fp32_check.passed is False:  # an FP16 error would be meaningless on top of a broken FP32 graph
-            _fail_or_warn(strict, VerificationError, f"ONNX FP32 vs PyTorch: relative L2 error "
-                          f"{fp32_check.worst_rel_l2:.3g} exceeds {FP32_MAX_REL_L2:g}.", notes, sep=" ")
+            message = f"ONNX FP32 vs PyTorch: relative L2 error {fp32_check.worst_rel_l2:.3g} exceeds " \
+                      f"{FP32_MAX_REL_L2:g}."
+            if strict:
+                raise VerificationError(f"{message} {_KEEP_HINT}")
+            notes.append(message)
         say(f"converting to FP16 ({fp16_converter})")
         proto, fp16_report = convert_fp16(proto, inputs, keep_io_types=not fp16_io, converter=fp16_converter,
                                           headroom=fp16_headroom)
@@ -180,12 +183,14 @@ def export_onnx(
                              raise_on_problem=False)
         times["checks"] = time.perf_counter() - t0
         if report.problems:
-            _fail_or_warn(strict, GraphCheckError, "the exported graph fails its checks:\n  "
-                          + "\n  ".join(report.problems), notes)
+            message = "the exported graph fails its checks:\n  " + "\n  ".join(report.problems)
+            if strict:
+                raise GraphCheckError(f"{message}\n{_KEEP_HINT}")
+            notes.append(message)
         t0 = time.perf_counter()
         say(f"verifying ONNX Runtime vs PyTorch on {len(inputs)} samples")
         tol = max_rel_l2 if max_rel_l2 is not None else (FP16_MAX_REL_L2 if fp16 else FP32_MAX_REL_L2)
-        final = compare(reference, OnnxRuntimeRunner(tmp, name=f"ONNX {precision.upper()} ({out.name})"), inputs,
+        final = compare(reference, load(tmp, name=f"ONNX {precision.upper()} ({out.name})"), inputs,
                         max_rel_l2=tol)
         comparisons.append(final)
         times["verify"] = time.perf_counter() - t0
@@ -211,9 +216,3 @@ def export_onnx(
         external_data=data_path, seconds=times, warnings=notes,
     )
 
-
-def _fail_or_warn(strict: bool, error: type[Exception], message: str, notes: list[str], sep: str = "\n") -> None:
-    """Raise ``error`` (the message plus how to keep the artifact anyway) or, not ``strict``, note the message."""
-    if strict:
-        raise error(f"{message}{sep}{_KEEP_HINT}")
-    notes.append(message)

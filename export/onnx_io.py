@@ -5,24 +5,25 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ArtifactError
+
 if TYPE_CHECKING:
     import onnx
 
-    from ..errors import PSViTError
 
-
-def load_onnx_graph(path: str | os.PathLike, error: type["PSViTError"], hint: str = "") -> "onnx.ModelProto":
-    """Load the graph of ``path`` without its external weights; a missing or unreadable file raises ``error``."""
+def load_onnx_graph(path: str | os.PathLike, hint: str = "") -> "onnx.ModelProto":
+    """Load the graph of ``path`` without its external weights; a missing or unreadable file raises
+    :class:`psvit.errors.ArtifactError` (``hint`` says what to pass instead)."""
     import onnx
 
     path = Path(path)
     suffix = f"; {hint}" if hint else ""
     if not path.is_file():
-        raise error(f"ONNX file {path} does not exist{suffix}")
+        raise ArtifactError(f"ONNX file {path} does not exist{suffix}")
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise error(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}){suffix}") from exc
+        raise ArtifactError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}){suffix}") from exc
 
 
 def name_nodes(model: "onnx.ModelProto") -> None:

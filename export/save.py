@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import OutputPathError
 from ..provenance import atomic_output, check_output_folder
 from .errors import ExportError
 
@@ -52,9 +53,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".onnx":
         raise ExportError(f"--out {path}: the output file must end in .onnx")
-    check_output_folder(path, ExportError)
+    check_output_folder(path)
     if path.is_dir():
-        raise ExportError(f"--out {path} is a folder; name a file ending in .onnx")
+        raise OutputPathError(f"--out {path} is a folder; name a file ending in .onnx")
     return path
 
 

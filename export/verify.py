@@ -1,17 +1,21 @@
 """The one comparison of the toolchain: run two artifacts on the same inputs and measure, per output,
-relative L2 error, max abs error, cosine similarity and top-1 agreement. Export verification and
-``psvit-export compare`` both call :func:`compare`."""
+relative L2 error, max abs error, cosine similarity and top-1 agreement. Export verification, post-build
+engine parity, calibration sensitivity and ``psvit-export compare`` all call :func:`compare`; both sides are
+:class:`psvit.runtime.Runtime` objects, so any artifact the runtime loads can be compared with any other."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import PSViTError
 from .errors import VerificationError
-from .runners import Runner
 
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+VERIFY_CHUNK = 32  # images per PyTorch forward in a verification, to bound memory
 FP32_MAX_REL_L2 = 1e-5  # ONNX FP32 vs PyTorch
 FP16_MAX_REL_L2 = 2e-3  # ONNX FP16 vs PyTorch FP32
 
@@ -88,9 +92,15 @@ def _pair_outputs(a: list[str], b: list[str]) -> list[tuple[str, str]]:
     raise PSViTError(f"the artifacts share no output names ({a} vs {b}); nothing to compare")
 
 
+def outputs_of(runtime: "Runtime", inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of ``runtime`` for ``inputs``, by name."""
+    out = runtime.infer(inputs)
+    return out if isinstance(out, dict) else {runtime.output_names[0]: out}
+
+
 def compare(
-    reference: Runner,
-    candidate: Runner,
+    reference: "Runtime",
+    candidate: "Runtime",
     inputs: np.ndarray,
     *,
     max_rel_l2: float | None = None,
@@ -106,8 +116,8 @@ def compare(
             f"the artifacts take different inputs: {reference.name} {reference.input_shape}, "
             f"{candidate.name} {candidate.input_shape}"
         )
-    ref_out = reference(inputs)
-    cand_out = candidate(inputs)
+    ref_out = outputs_of(reference, inputs)
+    cand_out = outputs_of(candidate, inputs)
     outputs = [
         output_metrics(nb if na == nb else f"{na} / {nb}", ref_out[na], cand_out[nb])
         for na, nb in _pair_outputs(list(ref_out), list(cand_out))

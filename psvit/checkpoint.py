@@ -14,13 +14,12 @@ from typing import Any
 
 import torch
 
+from .artifacts import DEMO, STATE_DICT_SUFFIXES as STATE_DICT_EXTENSIONS
 from .config import PSViTConfig
 from .errors import CheckpointError, ConfigError
 from .provenance import atomic_output, package_versions, sha256_file
 
 FORMAT = "psvit-checkpoint/1"
-DEMO = "demo"
-STATE_DICT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
 _MAX_LISTED = 12
 
 

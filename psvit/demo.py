@@ -85,48 +85,57 @@ def accuracy_row(name: str, precision: str, backend: str, logits: np.ndarray, la
             "rel_l2": _rel_l2(reference, logits), "images": int(len(labels))}
 
 
-def _build(onnx_path: Path, engine: Path, flavour: str) -> tuple[str, float]:
-    """Build ``engine`` (with its sidecar where psvit.export.engine is available): (version, seconds)."""
-    try:
-        from .export.engine import build_engine_file
-    except ImportError:  # plan only: the runtime needs a sidecar to load it
-        from .export.trt_build import build_engine
-
-        build = build_engine(onnx_path, flavour=flavour, optimization_level=0)
-        build.save(engine)
-        return build.version, build.seconds
-    t0 = time.perf_counter()
-    res = build_engine_file(onnx_path, engine, flavour=flavour, optimization_level=0, force=True,
-                            command=f"psvit-export trt {onnx_path} --out {engine} --optimization-level 0")
-    return res.sidecar.version, time.perf_counter() - t0
-
-
-def _engines(onnx_files: dict[str, Path], out: Path, result: DemoResult, say: Callable[[str], None]) -> None:
-    """Build an engine per ONNX where a TensorRT builder imports; the plans cannot run without a GPU."""
+def _engines(onnx_files: dict[str, Path], out: Path, result: DemoResult, calibration: Any,
+             say: Callable[[str], None]) -> None:
+    """Build an engine per precision through the pipeline where a TensorRT builder imports; the plans cannot
+    run without a GPU. The INT8 engine gets its own graph, its rest FP16 (the TensorRT target's)."""
+    from . import pipeline
     from .errors import MissingDependencyError
-    from .export.trt_build import import_tensorrt
+    from .export.tensorrt import resolve_builder
 
     try:
-        _, flavour = import_tensorrt("auto")
-    except MissingDependencyError as exc:
+        flavour = resolve_builder("auto").name
+    except (MissingDependencyError, PSViTError) as exc:
         result.skipped.append({"what": "TensorRT engines", "why": str(exc)})
         return
     for precision, onnx_path in onnx_files.items():
-        say(f"building a {flavour} engine from {onnx_path.name} (optimization level 0)")
+        say(f"building a {flavour} engine for {precision.upper()} (optimization level 0)")
         path = out / f"demo.{precision}.engine"
+        int8 = precision == "int8"
+        source = onnx_files["fp32"] if int8 else onnx_path  # INT8: its own graph, rest FP16 (TensorRT's)
+        t0 = time.perf_counter()
         try:
-            version, seconds = _build(onnx_path, path, flavour)
+            res = pipeline.engine(
+                source, path, int8=int8, calib_data=calibration.data if int8 else None,
+                calib_count=calibration.count if int8 else None,
+                calib_cache=out / "demo.int8.onnx.calib.json" if int8 else None,  # the ranges calibrated above
+                onnx_out=out / "demo.int8.tensorrt.onnx" if int8 else None, builder=flavour, optimization_level=0,
+                command=f"psvit-export trt {source} --out {path} --optimization-level 0"
+                        + (f" --int8 --calib-data {calibration.data}" if int8 else ""), log=say,
+            )
         except Exception as exc:  # noqa: BLE001 - a builder failure is a row of the demo, not its end
             result.artifacts.append({"name": path.name, "precision": precision, "kind": f"{flavour} engine",
                                      "status": f"build failed: {str(exc).splitlines()[-1].strip()}"})
             continue
-        sidecar = path.with_name(path.name + ".json")
-        result.artifacts.append({"name": path.name, "precision": precision, "kind": f"{flavour} {version} engine",
-                                 "bytes": path.stat().st_size, "seconds": round(seconds, 2),
-                                 "status": "built" + (f", sidecar {sidecar.name}" if sidecar.is_file() else "")})
+        how = "reused" if res.reused else "built"
+        result.artifacts.append({"name": path.name, "precision": precision,
+                                 "kind": f"{flavour} {res.sidecar.version} engine",
+                                 "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
+                                 "status": f"{how} from {res.onnx_path.name}, sidecar {res.sidecar_path.name}"})
         result.skipped.append({"what": f"{path.name} accuracy and latency",
                                "why": f"{flavour} engines run only on an NVIDIA GPU (RTX-class for TensorRT-RTX); "
                                       f"none here"})
+
+
+def _verified(step: Any) -> str:
+    """The verification of an export made now, or recorded in a reused one."""
+    if step.export is not None:
+        return f"verified (rel L2 {step.export.verification[-1].worst_rel_l2:.1e})"
+    from .export.metadata import read_metadata
+
+    recorded = read_metadata(step.path).get("psvit.verification") or [{}]
+    rel = recorded[-1].get("rel_l2")
+    return "reused, verified" + (f" (rel L2 {rel:.1e})" if isinstance(rel, float) else "")
 
 
 def run_demo(
@@ -149,10 +158,10 @@ def run_demo(
         engines: also build TensorRT/TensorRT-RTX engines where a builder is installed.
         threads: CPU threads of every backend in the latency table (None: each framework's default).
     """
+    from . import pipeline
     from .checkpoint import load_checkpoint
-    from .export import export_onnx
     from .provenance import atomic_output
-    from .runtime import load
+    from .runtime import from_model, load
     from .runtime.bench import bench
 
     say = log or (lambda _m: None)
@@ -168,43 +177,41 @@ def run_demo(
 
     t_artifacts = time.perf_counter()
     onnx_files: dict[str, Path] = {}
-    for precision, fp16 in (("fp32", False), ("fp16", True)):
+    for precision in ("fp32", "fp16"):
         t0 = time.perf_counter()
         path = out_dir / f"demo.{precision}.onnx"
-        say(f"exporting {path.name} (verified against PyTorch)")
-        res = export_onnx("demo", path, fp16=fp16)
+        step = pipeline.onnx_for("demo", precision, path, log=say)
         onnx_files[precision] = path
         result.artifacts.append({"name": path.name, "precision": precision, "kind": "ONNX",
-                                 "bytes": res.size_bytes, "seconds": round(time.perf_counter() - t0, 2),
-                                 "status": f"verified (rel L2 {res.verification[-1].worst_rel_l2:.1e})"})
+                                 "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
+                                 "status": _verified(step)})
     t0 = time.perf_counter()
+    calibration = pipeline.Calibration("synthetic", count=256)
+    path = out_dir / "demo.int8.onnx"
+    say(f"calibrating {path.name} on synthetic images (rest FP32: ONNX Runtime CPU runs it here)")
     try:
-        from .calibration import quantize_onnx
-    except ImportError as exc:
-        result.skipped.append({"what": "INT8", "why": f"psvit.calibration is not importable ({exc})"})
+        step = pipeline.onnx_for(onnx_files["fp32"], "int8", path, target=pipeline.Target.ORT_CPU,
+                                 calibration=calibration, log=say)
+    except Exception as exc:  # noqa: BLE001 - reported as the INT8 row's reason
+        result.skipped.append({"what": "INT8", "why": f"calibration failed: {type(exc).__name__}: {exc}"})
     else:
-        path = out_dir / "demo.int8.onnx"
-        say(f"calibrating {path.name} on synthetic images")
-        try:
-            q = quantize_onnx(onnx_files["fp32"], path, calib_data="synthetic", calib_count=256)
-        except Exception as exc:  # noqa: BLE001 - reported as the INT8 row's reason
-            result.skipped.append({"what": "INT8", "why": f"calibration failed: {type(exc).__name__}: {exc}"})
-        else:
-            onnx_files["int8"] = path
-            result.artifacts.append({"name": path.name, "precision": "int8", "kind": "ONNX (Q/DQ)",
-                                     "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
-                                     "status": f"{q.qdq_nodes} Q/DQ nodes, {q.images} calibration images "
-                                               f"({q.method})"})
+        q = step.quantize
+        onnx_files["int8"] = path
+        result.artifacts.append({"name": path.name, "precision": "int8", "kind": "ONNX (Q/DQ)",
+                                 "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
+                                 "status": f"{q.qdq_nodes} Q/DQ nodes, {q.images} calibration images "
+                                           f"({q.method}), rest {q.precision_rest}"})
     result.seconds["artifacts"] = time.perf_counter() - t_artifacts  # the ONNX exports and INT8 together
     if engines:
         t0 = time.perf_counter()
-        _engines(onnx_files, out_dir, result, say)
+        _engines(onnx_files, out_dir, result, calibration, say)
         result.seconds["engines"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say(f"accuracy on {len(labels)} held-out images")
-    with load("demo") as torch_rt:
-        reference = torch_rt.infer(images)
+    torch_rt = from_model(ckpt.model, name="demo", class_names=ckpt.class_names,  # the checkpoint loaded above
+                          **({"threads": threads} if threads else {}))
+    reference = torch_rt.infer(images)
     result.accuracy.append(accuracy_row("demo.safetensors", "fp32", "PyTorch CPU", reference, labels, reference))
     for precision, path in onnx_files.items():
         with load(path) as rt:
@@ -213,7 +220,7 @@ def run_demo(
     result.seconds["accuracy"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report = bench(["demo", *map(str, onnx_files.values())], batches=list(batches), warmup=warmup, iters=iters,
+    report = bench([torch_rt, *map(str, onnx_files.values())], batches=list(batches), warmup=warmup, iters=iters,
                    layers=False, options={"threads": threads} if threads else None, log=say)
     result.machine = report.machine
     for target in report.targets:

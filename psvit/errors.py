@@ -1,4 +1,10 @@
-"""One exception hierarchy for user-facing errors; every message says what to do about it."""
+"""One exception hierarchy for user-facing errors; every message says what to do about it.
+
+Each failure kind has one class, raised wherever that failure happens (no error classes are passed around
+as arguments): an artifact that cannot be read is an :class:`ArtifactError`, an output that cannot be
+written an :class:`OutputPathError`, and so on. The stages add their own kinds (``psvit.export.errors``,
+``psvit.calibration.errors``, ``psvit.runtime.errors``).
+"""
 from __future__ import annotations
 
 
@@ -23,6 +29,16 @@ class CheckpointError(PSViTError):
 
 class DataError(PSViTError):
     """Missing, empty or unreadable image data."""
+
+
+class ArtifactError(PSViTError):
+    """An artifact that cannot be used: missing, truncated, corrupt, of an unknown kind, or an engine whose
+    sidecar is missing, corrupt or describes another plan."""
+
+
+class OutputPathError(PSViTError):
+    """An output that cannot be written: its folder is missing or read-only, or a folder stands where a file
+    should be written."""
 
 
 class MissingDependencyError(PSViTError, ImportError):

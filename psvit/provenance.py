@@ -34,20 +34,21 @@ def _umask() -> int:
     return mask
 
 
-def check_output_folder(path: str | os.PathLike, error: type[Exception] | None = None) -> Path:
-    """Fail early (before minutes of work) when the folder that will hold ``path`` is missing or read-only."""
-    from .errors import PSViTError
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Fail early (before minutes of work) when the folder that will hold ``path`` is missing or read-only:
+    :class:`psvit.errors.OutputPathError`, whichever stage asks."""
+    from .errors import OutputPathError
 
-    error = error or PSViTError
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise error(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
+        raise OutputPathError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
     try:  # os.access says yes to root even where the file system refuses, so try it
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        raise error(f"output folder {parent} is not writable ({exc.strerror}); choose a writable location") from exc
+        raise OutputPathError(f"output folder {parent} is not writable ({exc.strerror}); choose a writable "
+                              f"location") from exc
     return parent
 
 

@@ -2,24 +2,32 @@
 
 >>> import psvit.runtime as prt
 >>> rt = prt.load("model.onnx")                    # or "model.fp16.engine", "demo", "ckpt.safetensors"
+>>> rt.warmup()                                   # allocations and kernel choices before the first request
 >>> logits = rt.infer(batch)                      # any batch size; numpy or torch
+>>> logits = await rt.ainfer(batch)               # from asyncio code
 >>> rt.predict(["cat.png"], topk=3)               # preprocessing recorded in the artifact
+>>> rt.concurrency                                # Concurrency(thread_safe=True, max_parallel=None, ...)
 >>> with prt.Batcher(rt, max_batch=32, max_delay_ms=2) as b:
 ...     future = b.submit(one_image_chw)
+
+Importing this package imports neither torch nor onnx; loading an ONNX file or an engine does not either
+(PyTorch is imported for checkpoints, and for the GPU buffers of an engine that actually runs).
 """
 from __future__ import annotations
 
-from .api import artifact_kind, load
+from .api import artifact_kind, from_model, load
+from .backends.base import Concurrency
 from .batcher import Batcher
 from .core import Runtime
 from .errors import (
-    ArtifactError, BackendError, BatcherClosedError, BatcherTargetError, QueueFullError, RuntimeInputError,
+    ArtifactError, BackendError, BatcherClosedError, BatcherTargetError, EngineMismatchError, QueueFullError,
+    RuntimeInputError,
 )
 from .predict import Prediction
 from .profiler import LatencyStats, latency_stats, parse_warmup, profile_runtime
 
 __all__ = [
-    "load", "artifact_kind", "Runtime", "Batcher", "Prediction", "LatencyStats", "latency_stats",
-    "parse_warmup", "profile_runtime", "ArtifactError", "BackendError", "BatcherClosedError", "BatcherTargetError",
-    "QueueFullError", "RuntimeInputError",
+    "load", "from_model", "artifact_kind", "Runtime", "Concurrency", "Batcher", "Prediction", "LatencyStats",
+    "latency_stats", "parse_warmup", "profile_runtime", "ArtifactError", "BackendError", "BatcherClosedError",
+    "BatcherTargetError", "EngineMismatchError", "QueueFullError", "RuntimeInputError",
 ]

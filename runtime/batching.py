@@ -59,8 +59,11 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
 def check_batch(shape: tuple[int, ...], dtype: Any, is_float: bool, input_shape: tuple[int, ...], what: str) -> None:
     """Raise :class:`RuntimeInputError` unless ``shape``/``dtype`` describe a float (N, C, H, W) batch of
     ``input_shape`` images (numpy arrays and torch tensors alike)."""
-    if is_float and len(shape) == 4 and tuple(shape[1:]) == tuple(input_shape):
+    if is_float and len(shape) == len(input_shape) + 1 and tuple(shape[1:]) == tuple(input_shape):
         return  # the hot path: no message formatting
+    if len(input_shape) != 3:  # not an image input (e.g. a probe graph of the FP16 range check)
+        raise RuntimeInputError(f"{what} expects float batches of shape (N, {', '.join(map(str, input_shape))}), "
+                                f"got {str(dtype).removeprefix('torch.')} {tuple(int(d) for d in shape)}")
     c, h, w = input_shape
     dtype = str(dtype).removeprefix("torch.")
     shape = tuple(int(d) for d in shape)

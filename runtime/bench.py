@@ -87,7 +87,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def bench(
-    artifacts: list[str],
+    artifacts: list[Any],
     *,
     backend: str = "auto",
     device: str | None = None,
@@ -100,26 +100,32 @@ def bench(
 ) -> BenchReport:
     """Profile each artifact at each batch size (see :func:`psvit.runtime.profile_runtime`).
 
+    ``artifacts``: paths / names for :func:`psvit.runtime.load`, or runtimes already loaded (closed after).
     ``layers``: also load an instrumented copy (ORT profiler, TensorRT IProfiler) and run it
     :data:`LAYER_PROFILE_ITERS` times at the largest batch for per-layer times; PyTorch offers none here.
     """
     from .api import artifact_kind, load
+    from .core import Runtime
 
     say = log or (lambda _m: None)
     warm = warmup if isinstance(warmup, Warmup) else parse_warmup(warmup)
     results = []
     for art in artifacts:
         opts = dict(options or {})
-        if artifact_kind(art) != "onnxruntime":
-            opts.pop("providers", None)  # ONNX Runtime's option; the other artifacts of the run ignore it
-        rt = load(art, backend=backend, device=device, **opts)
+        spec = None if isinstance(art, Runtime) else art  # a loaded runtime cannot be loaded again for layers
+        if isinstance(art, Runtime):
+            rt, art = art, art.name
+        else:
+            if artifact_kind(art) != "onnxruntime":
+                opts.pop("providers", None)  # ONNX Runtime's option; the other artifacts of the run ignore it
+            rt = load(art, backend=backend, device=device, **opts)
         b = rt.backend
-        res = TargetResult(art, b.name, b.description, b.device, b.precision)
+        res = TargetResult(str(art), b.name, b.description, b.device, b.precision)
         with rt:
             for n in batches:
                 say(f"{b.description}: batch {n} (warm-up {warm}, {iters} iterations)")
                 res.batches[n] = profile_runtime(rt, n, warmup=warm, iters=iters)
-        if layers and b.name in ("onnxruntime", "tensorrt"):
+        if layers and spec is not None and b.name in ("onnxruntime", "tensorrt"):
             n = max(batches)
             with load(art, backend=backend, device=device, profiling=True, **opts) as prof:
                 x = np.zeros((n, *prof.input_shape), np.float32)

@@ -1,12 +1,15 @@
-"""``Runtime``: batched inference over one backend — chunking, padding, input checks, images to labels."""
+"""``Runtime``: batched inference over one backend — chunking, padding, input checks, images to labels,
+warm-up and asyncio."""
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend, Timings
+from .backends.base import Backend, Concurrency, Outputs, Timings
 from .batching import chunk_plan, check_batch, pad_rows
 from .errors import RuntimeInputError
 from .predict import ImageInput, Prediction, as_image_list, check_topk, preprocessor, top_k
@@ -17,16 +20,18 @@ class Runtime:
 
     ``infer`` takes any batch size: it is split into chunks the artifact accepts (a static-batch graph gets
     exactly its batch, an engine at most its profile's max, PyTorch at most ``chunk`` rows), the last chunk
-    is zero-padded where needed and the padding rows are dropped from the result.
-    Thread safety: as the backend states (``info()["thread_safety"]``); every public method may be called
-    from several threads.
+    is zero-padded where needed and the padding rows are dropped from the result. Every output of the
+    artifact is returned: the array of a one-output model, a dict ``{name: array}`` when there are several.
+    Concurrency: as the backend states (:attr:`concurrency`, also ``info()["concurrency"]``); every public
+    method may be called from several threads.
     """
 
-    def __init__(self, backend: Backend, chunk: int | None = None) -> None:
+    def __init__(self, backend: Backend, chunk: int | None = None, name: str | None = None) -> None:
         if chunk is not None and chunk < 1:
             raise RuntimeInputError(f"chunk must be at least 1, got {chunk}")
         self.backend = backend
         self.chunk = chunk
+        self._name = name
         self._preprocess = None
 
     # ---- facts ------------------------------------------------------------------------------------
@@ -40,45 +45,97 @@ class Runtime:
 
     @property
     def name(self) -> str:
-        return self.backend.description
+        return self._name or self.backend.description
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.backend.output_names)
+
+    @property
+    def concurrency(self) -> Concurrency:
+        return self.backend.concurrency
 
     def info(self) -> dict[str, Any]:
         b = self.backend
         return {"backend": b.name, "artifact": b.description, "device": b.device, "precision": b.precision,
-                "input_shape": list(b.input_shape), "batch": b.limits.describe(), "chunk": self.chunk,
-                "classes": len(b.class_names) if b.class_names else None, "thread_safety": b.thread_safety}
+                "input_shape": list(b.input_shape), "outputs": self.output_names, "batch": b.limits.describe(),
+                "chunk": self.chunk, "classes": len(b.class_names) if b.class_names else None,
+                "concurrency": self.concurrency.to_dict()}
 
     # ---- inference --------------------------------------------------------------------------------
     def infer(self, batch: Any, timings: Timings | None = None) -> Any:
-        """Logits ``(N, classes)`` float32 for a float ``(N, C, H, W)`` numpy array or torch tensor.
+        """Outputs for a float ``(N, C, H, W)`` numpy array or torch tensor: logits ``(N, classes)`` float32
+        for a classifier (a dict ``{name: array}`` for artifacts with several outputs).
 
-        A torch tensor gives a torch tensor on its device; anything else gives a numpy array.
+        A torch tensor gives torch tensors on its device; anything else gives numpy arrays.
         ``timings``, when given, is filled with seconds per phase summed over the chunks.
         """
         if _is_tensor(batch):
             return self._infer_tensor(batch)
+        x = self._checked(batch)
+        return self._infer_numpy(x, timings)
+
+    async def ainfer(self, batch: Any) -> Any:
+        """:meth:`infer` for asyncio: each chunk runs through the backend's asynchronous call (ONNX Runtime's
+        ``run_async`` on the CPU, a worker thread elsewhere), so the event loop is never blocked."""
+        if _is_tensor(batch):
+            return await asyncio.to_thread(self._infer_tensor, batch)
+        x = self._checked(batch)
+        outs = []
+        for start, stop, size in self._plan(len(x)):
+            outs.append(_rows(await self.backend.arun(pad_rows(x[start:stop], size)), stop - start))
+        return _join(outs)
+
+    def warmup(self, batches: Sequence[int] | None = None, iterations: int = 2) -> dict[int, float]:
+        """Run zero batches so that lazy work (allocations, kernel selection, CUDA graph capture, memory
+        arenas) happens before the first real request; returns seconds per batch size.
+
+        ``batches``: the batch sizes to prepare (None: the smallest and the largest the artifact runs in one
+        call: its fixed batch, its profile's min and max, or 1 and ``chunk``).
+        """
+        if iterations < 1:
+            raise RuntimeInputError(f"warm-up iterations must be at least 1, got {iterations}")
+        limits = self.backend.limits
+        if batches is None:
+            top = limits.static or limits.max_batch or self.chunk or 1
+            batches = sorted({limits.static or limits.min_batch, top})
+        seconds = {}
+        for n in batches:
+            if n < 1:
+                raise RuntimeInputError(f"warm-up batch sizes must be at least 1, got {n}")
+            x = np.zeros((n, *self.input_shape), dtype=np.float32)
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                self.infer(x)
+            seconds[n] = time.perf_counter() - t0
+        return seconds
+
+    def _checked(self, batch: Any) -> np.ndarray:
         x = np.asarray(batch)
         check_batch(x.shape, x.dtype, x.dtype.kind == "f", self.input_shape, self.name)
         if len(x) == 0:
             raise RuntimeInputError(f"{self.name}: the batch is empty; pass at least one image")
-        return self._infer_numpy(x, timings)
+        return x
 
-    def _infer_numpy(self, x: np.ndarray, timings: Timings | None) -> np.ndarray:
+    def _plan(self, n: int) -> list[tuple[int, int, int]]:
+        return chunk_plan(n, self.backend.limits, self.chunk)
+
+    def _infer_numpy(self, x: np.ndarray, timings: Timings | None) -> Outputs:
         limits = self.backend.limits
         if limits.static is None and limits.max_batch is None and self.chunk is None:
             return self.backend.run(x, timings)  # any batch in one call: nothing to split
-        plan = chunk_plan(len(x), limits, self.chunk)
+        plan = self._plan(len(x))
         if len(plan) == 1 and plan[0][2] == len(x):  # the common case: one call, no copy
             return self.backend.run(x, timings)
         outs = []
         for start, stop, size in plan:
             part_t: Timings | None = {} if timings is not None else None
             out = self.backend.run(pad_rows(x[start:stop], size), part_t)
-            outs.append(out[: stop - start])  # drop the padding rows
+            outs.append(_rows(out, stop - start))  # drop the padding rows
             if timings is not None and part_t is not None:
                 for k, v in part_t.items():
                     timings[k] = timings.get(k, 0.0) + v
-        return np.concatenate(outs)
+        return _join(outs)
 
     def _infer_tensor(self, x: Any) -> Any:
         import torch
@@ -87,12 +144,12 @@ class Runtime:
         if len(x) == 0:
             raise RuntimeInputError(f"{self.name}: the batch is empty; pass at least one image")
         outs = []
-        for start, stop, size in chunk_plan(len(x), self.backend.limits, self.chunk):
+        for start, stop, size in self._plan(len(x)):
             part = x[start:stop]
             if size > stop - start:
                 part = torch.cat([part, part.new_zeros((size - (stop - start), *part.shape[1:]))])
-            outs.append(self.backend.run_tensor(part)[: stop - start])
-        return torch.cat(outs)
+            outs.append(_rows(self.backend.run_tensor(part), stop - start))
+        return _join(outs, cat=torch.cat)
 
     def preprocess_images(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Images -> (B, C, H, W) float32 with the preprocessing recorded in the artifact."""
@@ -101,9 +158,11 @@ class Runtime:
         return self._preprocess.batch(as_image_list(images))
 
     def predict(self, images: ImageInput | Sequence[ImageInput], topk: int = 5) -> list[list[Prediction]]:
-        """Per image, the ``topk`` classes as (index, name, probability), most probable first."""
+        """Per image, the ``topk`` classes as (index, name, probability), most probable first (from the
+        first output of an artifact with several)."""
         check_topk(topk)  # before the work
-        return top_k(self.infer(self.preprocess_images(images)), topk, self.class_names)
+        out = self.infer(self.preprocess_images(images))
+        return top_k(out[self.output_names[0]] if isinstance(out, dict) else out, topk, self.class_names)
 
     # ---- lifetime ---------------------------------------------------------------------------------
     def layer_profile(self) -> dict[str, dict[str, float]] | None:
@@ -120,6 +179,20 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime({self.name}, {self.backend.limits.describe()})"
+
+
+def _rows(out: Any, n: int) -> Any:
+    """The first ``n`` rows of one output or of each output of a dict."""
+    return {k: v[:n] for k, v in out.items()} if isinstance(out, dict) else out[:n]
+
+
+def _join(parts: list[Any], cat: Any = np.concatenate) -> Any:
+    """Chunks joined along the batch axis, per output for dicts."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], dict):
+        return {k: cat([p[k] for p in parts]) for k in parts[0]}
+    return cat(parts)
 
 
 def _is_tensor(x: Any) -> bool:

@@ -1,15 +1,18 @@
 """Errors of the runtime; all are :class:`psvit.errors.PSViTError`, so the CLI prints them without a traceback."""
 from __future__ import annotations
 
-from ..errors import PSViTError
+from ..errors import ArtifactError, PSViTError
+
+__all__ = ["ArtifactError", "EngineMismatchError", "RuntimeInputError", "BackendError", "QueueFullError",
+           "BatcherClosedError"]
 
 
 class RuntimeInputError(PSViTError, ValueError):
     """An input batch of the wrong rank, dtype, channel count or image size; the message states what fits."""
 
 
-class ArtifactError(PSViTError):
-    """An artifact that cannot be loaded: missing, truncated, corrupt, or of an unknown kind."""
+class EngineMismatchError(ArtifactError):
+    """An engine whose sidecar is missing or corrupt, or that was built for another TensorRT, GPU or ONNX."""
 
 
 class BackendError(PSViTError):

@@ -189,7 +189,7 @@ def test_mse_threshold_clips_outliers() -> None:
 
 @pytest.mark.parametrize("method", ["percentile", "mse"])
 def test_other_methods(method: str, fp32: Path, tmp_path: Path) -> None:
-    r = quantize_onnx(fp32, tmp_path / "m.onnx", calib_data="synthetic", calib_count=16, method=method,
+    r = quantize_onnx(fp32, tmp_path / "m.onnx", calib_data="synthetic", calib_count=16, calib_method=method,
                       keep_fp32=True)
     cache = json.loads(r.cache_path.read_text())
     assert cache["method"] == method and r.qdq_nodes > 0 and cache["ranges"]["data"]
@@ -204,7 +204,7 @@ def _scales(path: Path) -> dict[str, np.ndarray]:
 def test_cache_reused(int8, fp32: Path, tmp_path: Path) -> None:
     out = tmp_path / "again.onnx"
     cache_bytes = int8.cache_path.read_bytes()
-    again = quantize_onnx(fp32, out, calib_data="synthetic", calib_count=CALIB, cache_path=int8.cache_path)
+    again = quantize_onnx(fp32, out, calib_data="synthetic", calib_count=CALIB, calib_cache=int8.cache_path)
     assert again.cache_reused and not int8.cache_reused
     assert int8.cache_path.read_bytes() == cache_bytes, "a reused cache is not rewritten"
     assert again.calibration_seconds == 0.0
@@ -223,10 +223,10 @@ def test_cache_refused_for_changed_model(int8, fp32: Path, tmp_path: Path) -> No
     cache = tmp_path / "c.calib.json"
     shutil.copy(int8.cache_path, cache)
     with pytest.raises(CacheMismatchError, match="another model.*--force-recalibrate"):
-        quantize_onnx(other, tmp_path / "o.onnx", calib_data="synthetic", calib_count=CALIB, cache_path=cache)
+        quantize_onnx(other, tmp_path / "o.onnx", calib_data="synthetic", calib_count=CALIB, calib_cache=cache)
     assert not (tmp_path / "o.onnx").exists()
     forced = quantize_onnx(other, tmp_path / "o.onnx", calib_data="synthetic", calib_count=CALIB,
-                           cache_path=cache, force_recalibrate=True, keep_fp32=True)
+                           calib_cache=cache, force_recalibrate=True, keep_fp32=True)
     assert not forced.cache_reused
     assert json.loads(cache.read_text())["model_sha256"] == sha256_file(other)
 
@@ -234,7 +234,7 @@ def test_cache_refused_for_changed_model(int8, fp32: Path, tmp_path: Path) -> No
 def test_cache_recalibrated_for_changed_data(int8, fp32: Path, tmp_path: Path) -> None:
     cache = tmp_path / "c.calib.json"
     shutil.copy(int8.cache_path, cache)
-    r = quantize_onnx(fp32, tmp_path / "d.onnx", calib_data="synthetic", calib_count=CALIB // 2, cache_path=cache,
+    r = quantize_onnx(fp32, tmp_path / "d.onnx", calib_data="synthetic", calib_count=CALIB // 2, calib_cache=cache,
                       keep_fp32=True)
     assert not r.cache_reused
     assert json.loads(cache.read_text())["data"]["images"] == CALIB // 2
@@ -291,5 +291,5 @@ def test_tensorrt_rtx_builds(which: str, request: pytest.FixtureRequest) -> None
     from psvit.export import build_engine
 
     result = request.getfixturevalue(which)
-    build = build_engine(result.path, flavour="tensorrt_rtx")  # ahead of time, no GPU needed
+    build = build_engine(result.path, builder="tensorrt_rtx")  # ahead of time, no GPU needed
     assert len(build.plan) > 0

@@ -114,9 +114,9 @@ def test_qdq_model_refused_and_changed_model_cache(fp32: Path, tmp_path: Path, c
 
 
 def test_bad_method(fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, text = _run(capsys, "calibrate", fp32, "--calib-data", "synthetic", "--method", "kl",
+    code, text = _run(capsys, "calibrate", fp32, "--calib-data", "synthetic", "--calib-method", "kl",
                       "--out", tmp_path / "x.onnx")
-    assert code == 2 and "max, percentile, entropy, mse" in text
+    assert code == 2 and "'max', 'percentile', 'entropy', 'mse'" in text
 
 
 def test_relative_image_folder(fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture,

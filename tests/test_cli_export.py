@@ -33,7 +33,7 @@ def exported(tmp_path_factory):
         capture.setattr("sys.stdout", so)
         capture.setattr("sys.stderr", se)
         try:
-            rc = main(["onnx", "psvit_micro", "--out", str(out), "--count", "4", "--report", str(report)])
+            rc = main(["onnx", "psvit_micro", "--out", str(out), "--count", "4", "--json", str(report)])
         finally:
             capture.undo()
     assert rc == 0, stderr.read_text()
@@ -55,7 +55,7 @@ def test_cli_export_builds_with_tensorrt_rtx(exported):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds engines on CPU: pip install tensorrt-rtx")
     from psvit.export import build_engine
 
-    assert len(build_engine(exported[0], flavour="tensorrt_rtx", optimization_level=0).plan) > 100_000
+    assert len(build_engine(exported[0], builder="tensorrt_rtx", optimization_level=0).plan) > 100_000
 
 
 def test_inspect_json(exported, capsys):
@@ -115,7 +115,7 @@ def test_compare_with_npy_and_image_folder(exported, tmp_path, capsys):
     (["onnx", "psvit_micro", "--batch=-2"], "'dynamic' or a positive integer"),
     (["onnx", "psvit_micro", "--fp16-io"], "--fp16-io only applies to an FP16 export"),
     (["onnx", "psvit_micro", "--qk-min-tokens", "20"], "only applies to --shared-attention auto"),
-    (["onnx", "psvit_micro", "--shared-attention", "both"], "must be one of map, qk, auto"),
+    (["onnx", "psvit_micro", "--shared-attention", "both"], "'both' is not one of 'map', 'qk', 'auto'"),
     (["onnx", "psvit_micro", "--variant", "deit_tiny"], "--variant says 'deit_tiny'"),
     (["onnx", "missing.safetensors"], "does not exist"),
 ])

@@ -27,7 +27,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_demo_checkpoint_to_engine_reuse_and_force(tmp_path, capsys):
     pytest.importorskip("tensorrt_rtx", reason=RTX)
     out = tmp_path / "demo.fp16.engine"
-    args = ["demo", "--out", str(out), "--fp16", "--batch", "1:2:8", "--opt-level", "0", "--workspace", "512M",
+    args = ["demo", "--out", str(out), "--fp16", "--batch", "1:2:8", "--optimization-level", "0", "--workspace", "512M",
             "--builder", "tensorrt-rtx"]
     rc, stdout, stderr = run(capsys, *args)
     assert rc == 0, stderr
@@ -52,8 +52,8 @@ def test_demo_checkpoint_to_engine_reuse_and_force(tmp_path, capsys):
     (["demo", "--batch", "8:1:32"], "MIN <= OPT <= MAX", False),
     (["demo", "--batch", "x"], "not a whole number", False),
     (["demo", "--workspace", "lots"], "--workspace 'lots' is not a size", False),
-    (["demo", "--opt-level", "7"], "--opt-level must be 0..5", False),
-    (["demo", "--builder", "tensorrt-llm"], "--builder 'tensorrt-llm'", False),
+    (["demo", "--optimization-level", "7"], "--optimization-level must be 0..5", False),
+    (["demo", "--builder", "tensorrt-llm"], "'tensorrt-llm' is not one of 'auto', 'tensorrt', 'tensorrt-rtx'", False),
     (["demo", "--calib-data", "no/such/dir"], "--calib-data no/such/dir does not exist", False),
 ])
 def test_bad_inputs(tmp_path, capsys, monkeypatch, argv, message, needs_builder):

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from psvit.export import EngineMismatchError, check_sidecar, read_sidecar, sidecar_path
-from psvit.export.engine_inspect import check_layer_precisions, parse_engine_information, tensor_precision
-from psvit.export.engine_options import parse_batch_profile, parse_size
 from psvit.export.errors import EngineBuildError
-from psvit.export.sidecar import EngineSidecar, write_sidecar
-from psvit.export.timing_cache import cache_key, load_cache, save_cache
+from psvit.export.tensorrt.inspect import check_layer_precisions, parse_engine_information
+from psvit.export.tensorrt.options import parse_batch_profile, parse_size
+from psvit.export.tensorrt.timing_cache import cache_key, load_cache, save_cache
+from psvit.runtime.errors import EngineMismatchError
+from psvit.runtime.tensorrt import check_sidecar, read_sidecar, sidecar_path, tensor_precision
+from psvit.runtime.tensorrt.sidecar import EngineSidecar, write_sidecar
 
 COMMAND = "psvit-export trt demo --out m.engine --fp16 --builder tensorrt-rtx"
 

@@ -6,10 +6,10 @@ import onnx
 import pytest
 
 from psvit.export import (
-    FP16_MAX_REL_L2, OnnxRuntimeRunner, check_graph, compare, convert_fp16, export_onnx, inspect_onnx,
+    FP16_MAX_REL_L2, check_graph, compare, convert_fp16, export_onnx, inspect_onnx,
 )
 from psvit.export.inputs import random_images
-from psvit.export.runners import TorchRunner
+from psvit.runtime import from_model, load
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,8 @@ def test_psvit_2d_tiny_auto(psvit_auto):
     assert inspect_onnx(fp32.path).tokens_per_stage == [197, 50, 17]
     report = check_graph(path16, config=fp32.source.config, modes=fp32.sharing.modes, batch=None)
     assert report.ok, report.problems
-    result = compare(TorchRunner(fp32.source), OnnxRuntimeRunner(path16), x, max_rel_l2=FP16_MAX_REL_L2)
+    result = compare(from_model(fp32.source.model, name=fp32.source.description), load(path16), x,
+                     max_rel_l2=FP16_MAX_REL_L2)
     assert result.passed, result.worst_rel_l2
 
 
@@ -61,5 +62,5 @@ def test_tensorrt_rtx_builds_224(deit_fp16, psvit_auto):
     from psvit.export import build_engine
 
     for path in (deit_fp16.path, psvit_auto[0].path, psvit_auto[1]):
-        build = build_engine(path, flavour="tensorrt_rtx", batch=(1, 8, 32), optimization_level=0)
+        build = build_engine(path, builder="tensorrt_rtx", batch=(1, 8, 32), optimization_level=0)
         assert len(build.plan) > 1_000_000, path

@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from psvit import PSViTConfig, create_model, save_checkpoint
-from psvit.errors import CheckpointError, ConfigError, UnknownVariantError
+from psvit.errors import CheckpointError, ConfigError, OutputPathError, UnknownVariantError
 from psvit.export import (
-    ExportError, OnnxRuntimeRunner, VerificationError, check_graph, export_onnx, inspect_onnx, read_metadata,
+    ExportError, VerificationError, check_graph, export_onnx, inspect_onnx, read_metadata,
     torch_to_onnx,
 )
 from psvit.export.save import PROTOBUF_LIMIT, needs_external_data, save_onnx
 from psvit.export.sharing import QK_MIN_TOKENS_GPU, plan_shared_attention
 from psvit.export.inputs import random_images
 from psvit.provenance import sha256_file
+from psvit.runtime import load
 
 SMALL = PSViTConfig(img_size=32, patch_size=8, num_classes=5, dims=(32,), depths=(2,), heads=(2,))
 
@@ -90,7 +91,7 @@ def test_fixed_batch_variant_export(fixed_batch_export):
     meta = read_metadata(r.path)
     assert meta["psvit.random_weights"] is True and meta["psvit.source_sha256"] == "random-weights"
     assert meta["psvit.batch"] == 3 and "RANDOM WEIGHTS" in meta["psvit.source"]
-    assert OnnxRuntimeRunner(r.path).static_batch == 3
+    assert load(r.path).backend.limits.static == 3
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_option_errors_before_any_work(tmp_path):
     for kwargs, error, text in cases:
         with pytest.raises(error, match=text):
             export_onnx("psvit_micro", tmp_path / "x.onnx", **kwargs)
-    with pytest.raises(ExportError, match="does not exist"):
+    with pytest.raises(OutputPathError, match="does not exist"):
         export_onnx("psvit_micro", tmp_path / "missing" / "x.onnx")
     with pytest.raises(ExportError, match="must end in .onnx"):
         export_onnx("psvit_micro", tmp_path / "x.txt")
@@ -193,7 +194,7 @@ def test_external_data_branch_loads_and_checks(external_model):
     x = random_images(2, (3, 32, 32))
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(OnnxRuntimeRunner(path)(x)["logits"], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(load(path).infer(x), expected, rtol=1e-4, atol=1e-5)
     assert inspect_onnx(path).external_data
 
 
@@ -202,8 +203,8 @@ def test_tensorrt_rtx_builds_api_exports(fixed_batch_export, qk_fp16_export, ops
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds engines on CPU: pip install tensorrt-rtx")
     from psvit.export import build_engine
 
-    build = build_engine(fixed_batch_export.path, flavour="tensorrt_rtx", optimization_level=0)
+    build = build_engine(fixed_batch_export.path, builder="tensorrt_rtx", optimization_level=0)
     assert build.profile is None and len(build.plan) > 100_000  # fixed batch: no profile
     for path in (qk_fp16_export.path, opset17_export.path, external_model[1]):  # external weights too
-        build = build_engine(path, flavour="tensorrt_rtx", optimization_level=0)
+        build = build_engine(path, builder="tensorrt_rtx", optimization_level=0)
         assert build.profile is not None and len(build.plan) > 100_000, path

@@ -9,13 +9,13 @@ import torch
 
 from psvit import PSViTConfig, create_model
 from psvit.export import (
-    FP16_MAX_REL_L2, FP32_MAX_REL_L2, OnnxRuntimeRunner, check_graph, compare, convert_fp16, torch_to_onnx,
+    FP16_MAX_REL_L2, FP32_MAX_REL_L2, check_graph, compare, convert_fp16, torch_to_onnx,
 )
 from psvit.export.graph_checks import (
     duplicated_initializers, infer_shapes, non_static_tensors, shape_op_counts, softmax_consumers,
 )
 from psvit.export.inputs import random_images
-from psvit.export.runners import TorchRunner
+from psvit.runtime import from_model, load
 from psvit.export.sources import ModelSource
 
 # 1d pooling with max then avg, a chain of three blocks on one map (2 shares 3 and 4), and a pair in stage 2.
@@ -48,6 +48,11 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def make_source(cfg_or_name, mode: str) -> ModelSource:
     model = randomize(create_model(cfg_or_name, exportable=True, shared_attention=mode))
     return ModelSource(model=model, config=model.cfg, description=f"test model {cfg_or_name!s:.40}")
+
+
+def torch_runtime(src: ModelSource):
+    """The source's model on the runtime's PyTorch backend (as export verification runs it)."""
+    return from_model(src.model, name=src.description)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +128,7 @@ def test_full_graph_checks(graphs, key, precision):
 @pytest.mark.parametrize("key", list(CASES))
 def test_fp32_parity(graphs, key):
     case = graphs[key]
-    result = compare(TorchRunner(case["src"]), OnnxRuntimeRunner(case["fp32"]), case["inputs"],
+    result = compare(torch_runtime(case["src"]), load(case["fp32"].SerializeToString()), case["inputs"],
                      max_rel_l2=FP32_MAX_REL_L2)
     assert result.passed, result.worst_rel_l2
     assert result.outputs[0].shape == (4, 10)
@@ -132,9 +137,9 @@ def test_fp32_parity(graphs, key):
 @pytest.mark.parametrize("key", list(CASES))
 def test_fp16_parity_and_precision(graphs, key):
     case = graphs[key]
-    runner = OnnxRuntimeRunner(case["fp16"])
-    assert runner.input_dtype == np.float32  # FP32 I/O by default
-    result = compare(TorchRunner(case["src"]), runner, case["inputs"], max_rel_l2=FP16_MAX_REL_L2)
+    runner = load(case["fp16"].SerializeToString())
+    assert runner.backend.input_dtype == np.float32  # FP32 I/O by default
+    result = compare(torch_runtime(case["src"]), runner, case["inputs"], max_rel_l2=FP16_MAX_REL_L2)
     assert result.passed, result.worst_rel_l2
     assert result.top1_agreement is not None
     types = {i.data_type for i in case["fp16"].graph.initializer if i.data_type in (1, 10)}
@@ -145,9 +150,9 @@ def test_fp16_parity_and_precision(graphs, key):
 
 
 def test_random_batch_sizes_run(graphs):
-    runner = OnnxRuntimeRunner(graphs["micro-map"]["paths"][0])
+    runner = load(graphs["micro-map"]["paths"][0])
     for n in (1, 3, 7):
-        assert runner(random_images(n, (3, 32, 32)))["logits"].shape == (n, 10)
+        assert runner.infer(random_images(n, (3, 32, 32))).shape == (n, 10)
 
 
 @pytest.mark.trt
@@ -158,6 +163,6 @@ def test_tensorrt_rtx_builds(graphs, key, precision):
     from psvit.export import build_engine
 
     path = graphs[key]["paths"][0 if precision == "fp32" else 1]
-    build = build_engine(path, flavour="tensorrt_rtx", batch=(1, 4, 8), optimization_level=0)
+    build = build_engine(path, builder="tensorrt_rtx", batch=(1, 4, 8), optimization_level=0)
     assert len(build.plan) > 100_000
     assert build.profile == {"images": [[1, 3, 32, 32], [4, 3, 32, 32], [8, 3, 32, 32]]}

@@ -11,10 +11,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from psvit import PSViTConfig, create_model, save_checkpoint
-from psvit.export import ExportError, OnnxRuntimeRunner, compare, convert_fp16, export_onnx, torch_to_onnx
+from psvit.export import ExportError, compare, convert_fp16, export_onnx, torch_to_onnx
 from psvit.export.fp16 import FP16_MAX, shape_arithmetic_nodes
 from psvit.export.inputs import random_images
-from psvit.export.runners import TorchRunner
+from psvit.runtime import from_model, load
 from psvit.export.sources import ModelSource
 
 SMALL = PSViTConfig(img_size=32, patch_size=8, num_classes=5, dims=(32,), depths=(2,), heads=(2,))
@@ -49,10 +49,9 @@ def shape_scaled_graph() -> onnx.ModelProto:
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from psvit.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})[0]
+    return OnnxRuntimeBackend(model.SerializeToString(), image_input=False).run(x)
 
 
 def test_float_shape_arithmetic_stays_fp32_and_loads():
@@ -71,15 +70,14 @@ def test_float_shape_arithmetic_stays_fp32_and_loads():
 
 def test_naive_conversion_of_the_same_graph_fails_to_load():
     """The pitfall the converter wrapper exists for (skip if onnxconverter-common ever fixes it)."""
-    import onnxruntime as ort
     from onnxconverter_common import float16
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         naive = float16.convert_float_to_float16(shape_scaled_graph(), keep_io_types=True)
     try:
-        ort.InferenceSession(naive.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's Fail / InvalidGraph
+        load(naive.SerializeToString(), image_input=False)
+    except Exception as exc:  # ORT's Fail / InvalidGraph, as an ArtifactError
         assert "float" in str(exc)
     else:
         pytest.skip("this onnxconverter-common converts the graph correctly on its own")
@@ -112,7 +110,7 @@ def test_overflowing_nodes_stay_fp32(overflow_case):
         if n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT and n.input[0] in producer:
             up = producer[n.input[0]]
             assert not (up.op_type == "Cast" and up.attribute[0].i == TensorProto.FLOAT16), n.name
-    result = compare(TorchRunner(src), OnnxRuntimeRunner(fp16), x, max_rel_l2=2e-3)
+    result = compare(from_model(src.model, name=src.description), load(fp16.SerializeToString()), x, max_rel_l2=2e-3)
     assert np.isfinite(result.worst_rel_l2) and result.passed, result.worst_rel_l2
 
 
@@ -130,7 +128,7 @@ def test_fp16_io_end_to_end(fp16_io_export):
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
     assert r.io_precision == "fp16" and r.verification[-1].passed
-    assert OnnxRuntimeRunner(r.path).input_dtype == np.float16
+    assert load(r.path).backend.input_dtype == np.float16
 
 
 def test_unknown_converter_and_bad_headroom():
@@ -148,4 +146,4 @@ def test_tensorrt_rtx_builds_fp16_variants(overflow_case, fp16_io_export):
     from psvit.export import build_engine
 
     for path in (overflow_case[-1], fp16_io_export.path):  # mixed FP32/FP16 nodes; FP16 graph I/O
-        assert len(build_engine(path, flavour="tensorrt_rtx", optimization_level=0).plan) > 10_000
+        assert len(build_engine(path, builder="tensorrt_rtx", optimization_level=0).plan) > 10_000

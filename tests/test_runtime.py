@@ -185,7 +185,6 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path):
 
 
 def test_garbage_engine_is_a_clear_error(tmp_path):
-    pytest.importorskip("psvit.export.sidecar", reason="engine sidecars come with psvit.export")
     bad = tmp_path / "model.engine"
     bad.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(PSViTError, match="no sidecar"):
@@ -218,7 +217,7 @@ def test_missing_gpu_provider_names_the_pip_package(onnx_dynamic):
 
 
 def test_missing_tensorrt_names_the_pip_package():
-    from psvit.runtime.backends.tensorrt_backend import _import_trt
+    from psvit.runtime.tensorrt import import_tensorrt
 
     try:
         import tensorrt  # noqa: F401
@@ -226,7 +225,7 @@ def test_missing_tensorrt_names_the_pip_package():
     except ImportError:
         pass
     with pytest.raises(MissingDependencyError, match="pip install tensorrt"):
-        _import_trt("tensorrt")
+        import_tensorrt("tensorrt")
 
 
 # ---- thread safety -----------------------------------------------------------------------------------
@@ -296,15 +295,14 @@ def test_onnxruntime_cuda_io_binding(onnx_b4, reference):
 def test_engine_with_a_valid_sidecar_needs_a_gpu(tmp_path):
     """Sidecar read and checked, TensorRT-RTX imported; without a GPU the load stops with a clear error."""
     pytest.importorskip("tensorrt_rtx", reason="builds the engine (pip install tensorrt-rtx)")
-    engine_mod = pytest.importorskip("psvit.export.engine", reason="engine builds with sidecars (psvit.export)")
     import torch
 
-    from psvit.export import export_onnx
+    from psvit.export import build_engine_file, export_onnx
 
     onnx_path = tmp_path / "demo.fp16.onnx"
     export_onnx("demo", onnx_path, fp16=True, count=2)
     engine = tmp_path / "demo.fp16.engine"
-    engine_mod.build_engine_file(onnx_path, engine, flavour="tensorrt_rtx", optimization_level=0, force=True)
+    build_engine_file(onnx_path, engine, builder="tensorrt_rtx", optimization_level=0)
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the engine would load (covered by GPU runs)")
     with pytest.raises(BackendError, match="runs on an NVIDIA GPU"):
@@ -317,16 +315,40 @@ def test_engine_with_a_valid_sidecar_needs_a_gpu(tmp_path):
 @pytest.mark.trt
 @pytest.mark.gpu
 def test_tensorrt_engine_runs_and_chunks(tmp_path, reference):
-    """Where TensorRT and a GPU exist: a profile-limited engine over odd batch sizes, per-layer times."""
-    pytest.importorskip("tensorrt", reason="needs TensorRT (pip install tensorrt) to run engines")
-    engine_mod = pytest.importorskip("psvit.export.engine", reason="engine builds with sidecars (psvit.export)")
+    """Where a TensorRT and a GPU exist: a profile-limited engine over odd batch sizes from two threads,
+    per-layer times, the concurrency contract of a context pool, and the same engine without its sidecar."""
+    import importlib.util
+
+    from psvit import pipeline
+
     if not _cuda():
         pytest.skip("needs a CUDA GPU (PyTorch sees none)")
+    if importlib.util.find_spec("tensorrt") is None and importlib.util.find_spec("tensorrt_rtx") is None:
+        pytest.skip("needs TensorRT or TensorRT-RTX (pip install tensorrt / tensorrt-rtx)")
     x, ref = reference
     engine = tmp_path / "demo.engine"
-    engine_mod.build_engine_file("demo", engine, flavour="tensorrt", batch="1:2:4", force=True)
-    rt = load(engine, profiling=True)
+    pipeline.engine("demo", engine, batch="1:2:4", force=True)
+    try:
+        rt = load(engine, profiling=True, contexts=2)
+    except ArtifactError as exc:  # built for this GPU, but this TensorRT cannot run it here
+        assert "cannot deserialize" in str(exc)
+        pytest.skip(f"the engine was built; this TensorRT cannot run it on this GPU: {str(exc).splitlines()[0]}")
     assert rt.backend.limits == BatchLimits(min_batch=1, max_batch=4)
+    assert rt.info()["concurrency"] == {"thread_safe": True, "max_parallel": 2, "mechanism": "context-pool"}
     for n in (1, 3, 9):
         assert rel_l2(rt.infer(x[:n]), ref[:n]) <= 1e-3  # TF32 tactics
+    got = _hammer(rt, [x[: 1 + i % 5] for i in range(12)], threads=3)
+    for i, g in enumerate(got):
+        assert rel_l2(g, ref[: 1 + i % 5]) <= 1e-3
     assert rt.layer_profile()
+    import torch
+
+    out = rt.infer(torch.from_numpy(x[:3]).cuda())
+    assert out.device.type == "cuda" and rel_l2(out.cpu().numpy(), ref[:3]) <= 1e-3
+    engine.with_name(engine.name + ".json").unlink()  # as trtexec or Triton holds it
+    from psvit.runtime.tensorrt import ProvenanceWarning
+
+    with pytest.warns(ProvenanceWarning, match="provenance .* is unknown"):
+        bare = load(engine)
+    assert bare.backend.metadata["provenance"].startswith("unknown") and bare.backend.limits == rt.backend.limits
+    assert bare.backend.precision == "fp32" and rel_l2(bare.infer(x[:2]), ref[:2]) <= 1e-3

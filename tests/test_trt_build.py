@@ -1,4 +1,4 @@
-"""``psvit.export.trt_build.build_engine`` with the real TensorRT-RTX builder (it builds on a CPU-only
+"""``psvit.export.tensorrt.build_engine`` with the real TensorRT-RTX builder (it builds on a CPU-only
 machine). PSViT graphs are built in test_export_graph.py / test_export_api.py / test_export_224.py; here
 the builder's own behaviour: profiles, static graphs, parser and option errors, missing packages."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from psvit.errors import MissingDependencyError
 from psvit.export import EngineBuildError, build_engine
-from psvit.export.trt_build import DEFAULT_BATCH_PROFILE, import_tensorrt
+from psvit.export.tensorrt.build import DEFAULT_BATCH_PROFILE, resolve_builder
 
 RTX = "TensorRT-RTX builds engines on CPU: pip install tensorrt-rtx"
 
@@ -43,7 +43,7 @@ def trt_rtx():
 
 @pytest.mark.trt
 def test_dynamic_batch_gets_a_profile(tmp_path, trt_rtx):
-    build = build_engine(attention_graph(tmp_path / "a.onnx"), flavour="tensorrt_rtx", optimization_level=0)
+    build = build_engine(attention_graph(tmp_path / "a.onnx"), builder="tensorrt_rtx", optimization_level=0)
     lo, opt, hi = DEFAULT_BATCH_PROFILE
     assert build.profile == {"x": [[lo, 5, 8], [opt, 5, 8], [hi, 5, 8]]}
     assert build.flavour == "tensorrt_rtx" and build.version == trt_rtx.__version__ and build.plan
@@ -55,34 +55,34 @@ def test_dynamic_batch_gets_a_profile(tmp_path, trt_rtx):
 @pytest.mark.trt
 def test_static_fp16_graph_and_profile_rules(tmp_path, trt_rtx):
     path = attention_graph(tmp_path / "s.onnx", batch=2, dtype=TensorProto.FLOAT16)
-    build = build_engine(path, flavour="tensorrt_rtx", optimization_level=0)
+    build = build_engine(path, builder="tensorrt_rtx", optimization_level=0)
     assert build.profile is None
     with pytest.raises(EngineBuildError, match="fixed batch 2"):
-        build_engine(path, flavour="tensorrt_rtx", batch=(1, 2, 4))
+        build_engine(path, builder="tensorrt_rtx", batch=(1, 2, 4))
     dyn = attention_graph(tmp_path / "d.onnx")
     with pytest.raises(EngineBuildError, match="min <= opt <= max"):
-        build_engine(dyn, flavour="tensorrt_rtx", batch=(4, 2, 8))
+        build_engine(dyn, builder="tensorrt_rtx", batch=(4, 2, 8))
     with pytest.raises(EngineBuildError, match="0..5"):
-        build_engine(dyn, flavour="tensorrt_rtx", optimization_level=9)
+        build_engine(dyn, builder="tensorrt_rtx", optimization_level=9)
     two = attention_graph(tmp_path / "two.onnx", tokens="tokens")
     with pytest.raises(EngineBuildError, match="dynamic dims besides the batch"):
-        build_engine(two, flavour="tensorrt_rtx")
+        build_engine(two, builder="tensorrt_rtx")
 
 
 @pytest.mark.trt
 def test_parser_errors_are_reported(tmp_path, trt_rtx):
     path = attention_graph(tmp_path / "bad.onnx", op="NoSuchOp", domain="com.example")
     with pytest.raises(EngineBuildError, match="cannot parse") as info:
-        build_engine(path, flavour="tensorrt_rtx")
+        build_engine(path, builder="tensorrt_rtx")
     assert "NoSuchOp" in str(info.value)
     with pytest.raises(EngineBuildError, match="does not exist"):
-        build_engine(tmp_path / "missing.onnx", flavour="tensorrt_rtx")
+        build_engine(tmp_path / "missing.onnx", builder="tensorrt_rtx")
 
 
 def test_flavour_errors():
     with pytest.raises(EngineBuildError, match="unknown TensorRT flavour"):
-        import_tensorrt("tensorrt12")
+        resolve_builder("tensorrt12")
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here; the missing-package message cannot be shown")
     with pytest.raises(MissingDependencyError, match="pip install tensorrt "):
-        import_tensorrt("tensorrt")
+        resolve_builder("tensorrt")

@@ -1,4 +1,6 @@
-"""``psvit-export``: the command line. Each command lives in its own module and only wires library calls."""
+"""``psvit-export``: the command line. Each command lives in its own module and only wires library calls;
+the modules register their commands when this package is imported, so ``psvit.cli.app`` is complete
+(``typer.testing.CliRunner().invoke(psvit.cli.app, ["info"])`` works)."""
 from __future__ import annotations
 
 import sys
@@ -14,26 +16,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: compact at 80 columns, [default: ...] and choices shown
 )
-
-
-def _register_commands() -> None:
-    # Imported for their side effect of adding commands to ``app``.
-    from . import info  # noqa: F401
-    from . import data  # noqa: F401
-    from . import train  # noqa: F401
-    from . import onnx  # noqa: F401
-    from . import compare  # noqa: F401
-    from . import inspect  # noqa: F401
-    from . import trt  # noqa: F401
-    from . import calibrate  # noqa: F401
-    from . import bench  # noqa: F401
-    from . import demo  # noqa: F401
 
 
 @app.callback()
 def _root() -> None:
     """PSViT deployment toolchain."""
+
+
+# Imported for their side effect of adding commands to ``app`` (after ``app`` exists).
+from . import info, data, train, onnx, compare, inspect, trt, calibrate, bench, demo  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     """
     from .console import err_console
 
-    _register_commands()
     try:
         app(args=argv, prog_name="psvit-export")
     except PSViTError as exc:

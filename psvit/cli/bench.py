@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,7 @@ from rich.table import Table
 
 from . import app
 from .console import console, err_console
+from .options import BackendChoice, DeviceOpt, JsonOpt, ThreadsOpt
 
 
 def parse_batches(text: str) -> list[int]:
@@ -62,18 +63,22 @@ def layers_table(target, top: int = 10) -> Table:  # noqa: ANN001 - TargetResult
 
 @app.command("bench")
 def bench_command(
-    artifacts: list[str] = typer.Argument(
-        ..., metavar="ARTIFACT...", help="Engines, .onnx files, checkpoints or 'demo' (compared with the first)."),
-    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N (default: the backend's)."),
-    providers: Optional[str] = typer.Option(None, help="ONNX Runtime providers, comma-separated: cpu,cuda,tensorrt."),
-    batch: str = typer.Option("1,8,32", help="Batch sizes, comma-separated."),
-    warmup: str = typer.Option("10", help="Warm-up: iterations (20) or time (2s, 500ms)."),
-    iters: int = typer.Option(50, help="Timed iterations per batch size."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (PyTorch / ONNX Runtime intra-op)."),
-    layers: bool = typer.Option(True, "--layers/--no-layers", help="Per-layer times where the backend offers them."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write latency/throughput vs batch plots (PNG)."),
+    artifacts: Annotated[list[str], typer.Argument(
+        metavar="ARTIFACT...", help="Engines, .onnx files, checkpoints or 'demo' (compared with the first).")],
+    backend: Annotated[BackendChoice, typer.Option(help="Backend [default: auto, from the artifact].")
+                       ] = BackendChoice.auto,
+    device: DeviceOpt = None,
+    providers: Annotated[Optional[str], typer.Option(
+        help="ONNX Runtime providers, comma-separated: cpu,cuda,tensorrt.")] = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
+    warmup: Annotated[str, typer.Option(help="Warm-up: iterations (20) or time (2s, 500ms).")] = "10",
+    iters: Annotated[int, typer.Option(help="Timed iterations per batch size.")] = 50,
+    threads: ThreadsOpt = None,
+    layers: Annotated[bool, typer.Option(
+        "--layers/--no-layers", help="Per-layer times where the backend offers them.")] = True,
+    json_out: JsonOpt = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Write latency/throughput vs batch plots (PNG).")] = None,
 ) -> None:
     """Latency per batch size: mean/median/p90/p95/p99/min/max, CoV, throughput; compute vs end-to-end."""
     from ..errors import require
@@ -86,7 +91,7 @@ def bench_command(
         raise RuntimeInputError(f"--iters must be at least 1, got {iters}")
     for out in (json_out, plot):  # fail before minutes of timing, not after
         if out is not None:
-            check_output_folder(out, RuntimeInputError)
+            check_output_folder(out)
     if plot is not None:
         require("matplotlib", "'psvit-deploy[plot]'", "benchmark plots")
     options: dict = {}
@@ -94,7 +99,7 @@ def bench_command(
         options["threads"] = threads
     if providers:
         options["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
-    report = bench(artifacts, backend=backend, device=device, batches=parse_batches(batch),
+    report = bench(artifacts, backend=backend.value, device=device, batches=parse_batches(batch),
                    warmup=parse_warmup(warmup), iters=iters, layers=layers, options=options,
                    log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
     console.print(comparison_table(report))

@@ -4,50 +4,78 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from . import app
 from .console import console, err_console
+from .options import (
+    CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt, VariantOpt,
+    deprecated_alias,
+)
 
 
 @app.command("calibrate")
 def calibrate_command(
-    model: str = typer.Argument(..., metavar="MODEL", help="FP32 .onnx from 'psvit-export onnx' (or a checkpoint, "
-                                                          "'demo' or a variant: exported to FP32 first)."),
-    calib_data: Optional[str] = typer.Option(None, "--calib-data", help="Image folder (recursive), .npy/.npz of "
-                                             "preprocessed images, or 'synthetic'. Required."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output INT8 .onnx file."),
-    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Calibration images (default 256)."),
-    calib_batch: Optional[int] = typer.Option(None, "--calib-batch", help="Images per calibration run (default 16)."),
-    method: str = typer.Option("max", "--method", help="max | percentile | entropy | mse."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Calibration cache (default OUT.calib.json)."),
-    force_recalibrate: bool = typer.Option(False, "--force-recalibrate", help="Overwrite a cache of another model."),
-    exclude: list[str] = typer.Option([], "--exclude", help="Regex on node names to keep out of INT8 (repeatable)."),
-    quantize_qk: bool = typer.Option(False, "--quantize-qk", help="Also quantize the Q·Kᵀ MatMul inputs."),
-    keep_fp32: bool = typer.Option(False, "--keep-fp32", help="Non-quantized part FP32 (default FP16)."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Labelled held-out images: image folder or "
-                                            "'synthetic' (the training split's held-out images)."),
-    eval_count: Optional[int] = typer.Option(None, "--eval-count", help="At most this many held-out images."),
-    sensitivity: bool = typer.Option(False, "--sensitivity", help="Rank layers by the error each adds alone."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+    model: Annotated[str, typer.Argument(
+        metavar="MODEL", help="FP32 .onnx from 'psvit-export onnx' (or a checkpoint, 'demo' or a variant: "
+                              "exported to OUT's folder as *.fp32.onnx first).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output INT8 .onnx file.")],
+    variant: VariantOpt = None,
+    calib_data: CalibDataOpt = None,
+    calib_count: CalibCountOpt = None,
+    calib_batch: CalibBatchOpt = None,
+    calib_method: CalibMethodOpt = CalibMethod.max,
+    method_old: Annotated[Optional[CalibMethod], typer.Option("--method", hidden=True)] = None,
+    calib_cache: CalibCacheOpt = None,
+    cache_old: Annotated[Optional[Path], typer.Option("--cache", hidden=True)] = None,
+    force_recalibrate: Annotated[bool, typer.Option(
+        "--force-recalibrate", help="Overwrite a cache of another model.")] = False,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", help="Regex on node names to keep out of INT8 (repeatable).")] = None,
+    quantize_qk: Annotated[bool, typer.Option("--quantize-qk", help="Also quantize the Q·Kᵀ MatMul inputs.")] = False,
+    keep_fp32: Annotated[bool, typer.Option(
+        "--keep-fp32", help="Non-quantized part FP32 (suits ONNX Runtime CPU) [default: FP16, for TensorRT].")
+    ] = False,
+    eval_data: Annotated[Optional[str], typer.Option(
+        "--eval-data", help="Labelled held-out images: image folder or 'synthetic' (the training split's "
+                            "held-out images).")] = None,
+    eval_count: Annotated[Optional[int], typer.Option("--eval-count", help="At most this many held-out images.")
+                          ] = None,
+    sensitivity: Annotated[bool, typer.Option(
+        "--sensitivity", help="Rank layers by the error each adds alone.")] = False,
+    json_out: JsonOpt = None,
 ) -> None:
     """Quantize to explicit Q/DQ INT8 ONNX with the PSViT recipe and report FP32 vs INT8 accuracy."""
+    from ..artifacts import ArtifactKind, detect_artifact
     from ..calibration import load_calibration_set, quantize_onnx
     from ..calibration.model import load_fp32_model
     from ..errors import DataError
     from ..provenance import atomic_output, check_output_folder
 
+    calib_method = deprecated_alias("--method", "--calib-method", method_old, calib_method)
+    calib_cache = deprecated_alias("--cache", "--calib-cache", cache_old, calib_cache)
+    exclude = exclude or []
     if eval_count is not None and eval_count < 1:
         raise DataError(f"--eval-count must be at least 1, got {eval_count}")
     if json_out is not None:  # a missing or read-only --json folder fails before the work, not after it
-        check_output_folder(json_out, DataError)
+        check_output_folder(json_out)
+    say = lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
+    fp32_path = model
+    if detect_artifact(model).kind is not ArtifactKind.ONNX:  # a checkpoint: the pipeline exports it first
+        from ..calibration.data import require_data
+        from ..pipeline import export_step
+
+        require_data(calib_data)  # before minutes of export
+        check_output_folder(out)
+        fp32_path = str(export_step(model, out.with_name(out.stem + ".fp32.onnx"), "fp32", variant=variant,
+                                    log=say).path)
     result = quantize_onnx(
-        model, out, calib_data=calib_data, calib_count=calib_count, calib_batch=calib_batch, method=method,
-        cache_path=cache, force_recalibrate=force_recalibrate, exclude=tuple(exclude), quantize_qk=quantize_qk,
-        keep_fp32=keep_fp32, log=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+        fp32_path, out, calib_data=calib_data, calib_count=calib_count, calib_batch=calib_batch,
+        calib_method=calib_method.value, calib_cache=calib_cache, force_recalibrate=force_recalibrate,
+        exclude=tuple(exclude), quantize_qk=quantize_qk, keep_fp32=keep_fp32, log=say,
     )
     table = Table(title=f"INT8 {result.path}", show_header=False)
     counts = ", ".join(f"{k} {v}" for k, v in result.recipe.summary()["quantized"].items())

@@ -1,45 +1,57 @@
-"""``psvit-export compare A B``: the same inputs through two artifacts (checkpoint, demo, variant, ONNX)."""
+"""``psvit-export compare A B``: the same inputs through two artifacts (checkpoint, demo, variant, ONNX,
+engine), each run by :mod:`psvit.runtime`."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from . import app
 from .console import console, err_console
+from .options import JsonOpt, VariantOpt
+
+
+def _open(spec: str, variant: str | None, seed: int) -> Any:
+    """The runtime of one artifact; ``variant`` and ``seed`` apply to PyTorch artifacts only."""
+    from ..artifacts import detect_artifact
+    from ..runtime import load
+
+    torch_options = {"variant": variant, "seed": seed} if detect_artifact(spec).backend == "torch" else {}
+    return load(spec, **torch_options)
 
 
 @app.command("compare")
 def compare_command(
-    a: str = typer.Argument(..., metavar="A", help="Reference: .onnx, checkpoint, 'demo' or variant name."),
-    b: str = typer.Argument(..., metavar="B", help="Candidate: same kinds as A."),
-    data: Optional[Path] = typer.Option(None, help="Image folder or .npy/.npz of preprocessed images "
-                                                   "(default: random images)."),
-    count: int = typer.Option(8, help="Number of samples (random, or at most this many from --data)."),
-    variant: Optional[str] = typer.Option(None, help="Architecture of .pth state dicts without a config."),
-    seed: int = typer.Option(0, help="Seed of random weights (variant names) and random samples."),
-    max_rel_error: Optional[float] = typer.Option(
-        None, help="Fail (exit 2) when the relative L2 error of any output exceeds this."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON."),
+    a: Annotated[str, typer.Argument(metavar="A", help="Reference: .onnx, engine, checkpoint, 'demo' or variant "
+                                                      "name.")],
+    b: Annotated[str, typer.Argument(metavar="B", help="Candidate: same kinds as A.")],
+    data: Annotated[Optional[Path], typer.Option(
+        help="Image folder or .npy/.npz of preprocessed images [default: random images].")] = None,
+    count: Annotated[int, typer.Option(help="Number of samples (random, or at most this many from --data).")] = 8,
+    variant: VariantOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of random weights (variant names) and random samples.")] = 0,
+    max_rel_error: Annotated[Optional[float], typer.Option(
+        help="Fail (exit 2) when the relative L2 error of any output exceeds this.")] = None,
+    json_out: JsonOpt = None,
 ) -> None:
     """Relative L2 error, max abs error, cosine similarity and top-1 agreement, per output."""
     from ..export.inputs import sample_inputs
-    from ..export.runners import open_artifact
     from ..export.verify import compare, require_close
     from ..provenance import atomic_output, check_output_folder
 
     if json_out is not None:
         check_output_folder(json_out)  # before loading and running both artifacts
-    ref = open_artifact(a, variant=variant, seed=seed)
-    cand = open_artifact(b, variant=variant, seed=seed)
+    ref = _open(a, variant, seed)
+    cand = _open(b, variant, seed)
     for r in (ref, cand):
-        if getattr(getattr(r, "source", None), "random_weights", False):
-            err_console.print(f"[bold yellow]WARNING: {r.name}[/]", highlight=False)
+        if r.backend.metadata.get("random_weights"):
+            err_console.print(f"[bold yellow]WARNING: {r.name} has RANDOM WEIGHTS (a variant name, not a trained "
+                              f"model)[/]", highlight=False)
     inputs = sample_inputs(data, count=count, input_shape=ref.input_shape,
-                           preprocess=ref.preprocess or cand.preprocess, seed=seed)
+                           preprocess=ref.backend.preprocess or cand.backend.preprocess, seed=seed)
     result = compare(ref, cand, inputs, max_rel_l2=max_rel_error)
     table = Table(title=f"A: {ref.name}\nB: {cand.name}\n{result.samples} samples "
                         f"({'random images' if data is None else data})")

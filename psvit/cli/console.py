@@ -1,13 +1,18 @@
 """Shared rich consoles: results on stdout, progress and diagnostics on stderr.
 
-Output that is not a terminal (pipes, CI logs) is rendered 140 columns wide so tables stay readable.
+Output honours ``COLUMNS``; output that is not a terminal (pipes, CI logs) and names no width is rendered
+140 columns wide so tables stay readable.
 """
+import os
 import sys
 
 from rich.console import Console
 
 
 def _width(stream) -> int | None:
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return int(columns)
     return None if stream.isatty() else 140
 
 

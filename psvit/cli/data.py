@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,11 +18,11 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("synthetic")
 def synthetic(
-    out: Path = typer.Option(..., "--out", help="Folder to create (one subfolder per class + dataset.json)."),
-    count: int = typer.Option(..., "--count", min=1, help="Number of images (classes are balanced)."),
-    seed: int = typer.Option(..., "--seed", help="Same seed and count give byte-identical files."),
-    size: int = typer.Option(32, "--size", min=8, help="Image side in pixels."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it is not empty."),
+    out: Annotated[Path, typer.Option("--out", help="Folder to create (one subfolder per class + dataset.json).")],
+    count: Annotated[int, typer.Option("--count", min=1, help="Number of images (classes are balanced).")],
+    seed: Annotated[int, typer.Option("--seed", help="Same seed and count give byte-identical files.")],
+    size: Annotated[int, typer.Option("--size", min=8, help="Image side in pixels.")] = 32,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it is not empty.")] = False,
 ) -> None:
     """Generate the procedural shapes-and-textures dataset as an image folder."""
     check_output_folder(out, force)

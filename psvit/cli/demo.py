@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -10,6 +10,7 @@ from rich.table import Table
 
 from . import app
 from .console import console, err_console
+from .options import ThreadsOpt
 
 
 def _size(n: int | None) -> str:
@@ -44,17 +45,18 @@ def demo_tables(result) -> list[Table]:  # noqa: ANN001 - DemoResult, imported l
 
 @app.command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o",
-                             help="Output folder (its own earlier output is replaced)."),
-    heldout: Optional[int] = typer.Option(None, help="Use only the first N held-out images (default: all)."),
-    batch: str = typer.Option("1,32", help="Batch sizes of the latency table."),
-    iters: int = typer.Option(20, help="Timed iterations per batch size."),
-    warmup: str = typer.Option("5", help="Warm-up: iterations or time (2s)."),
-    engines: bool = typer.Option(True, "--engines/--no-engines",
-                                 help="Build TensorRT(-RTX) engines if a builder is installed."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads of every backend in the latency table."),
-    force: bool = typer.Option(False, "--force",
-                               help="Write into a non-empty folder that holds no earlier demo output."),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder (its own earlier output is replaced).")] = Path("runs/demo"),
+    heldout: Annotated[Optional[int], typer.Option(
+        help="Use only the first N held-out images [default: all].")] = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes of the latency table.")] = "1,32",
+    iters: Annotated[int, typer.Option(help="Timed iterations per batch size.")] = 20,
+    warmup: Annotated[str, typer.Option(help="Warm-up: iterations or time (2s).")] = "5",
+    engines: Annotated[bool, typer.Option(
+        "--engines/--no-engines", help="Build TensorRT(-RTX) engines if a builder is installed.")] = True,
+    threads: ThreadsOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Write into a non-empty folder that holds no earlier demo output.")] = False,
 ) -> None:
     """Export FP32/FP16/INT8 (and engines), then accuracy per precision and latency per backend."""
     from ..demo import SUMMARY, run_demo

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich import box
@@ -23,8 +23,8 @@ def _fmt_count(n: float, unit: str = "") -> str:
 
 @app.command()
 def info(
-    variant: Optional[str] = typer.Argument(None, help="A variant name; all variants when omitted."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    variant: Annotated[Optional[str], typer.Argument(help="A variant name; all variants when omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Variants with params, MACs, tokens per stage and shared blocks."""
     names = [variant] if variant else list_models()

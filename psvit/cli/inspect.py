@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -16,8 +17,8 @@ _LONG = ("psvit.config", "psvit.versions", "psvit.fp16", "psvit.shared_attention
 
 @app.command("inspect")
 def inspect_command(
-    file: Path = typer.Argument(..., metavar="FILE.onnx", help="An .onnx file."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    file: Annotated[Path, typer.Argument(metavar="FILE.onnx", help="An .onnx file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Summarise an ONNX artifact."""
     from ..export import inspect_onnx

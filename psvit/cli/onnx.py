@@ -3,48 +3,56 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from . import app
 from .console import console, err_console, format_bytes
+from .options import JsonOpt, SharedAttention, VariantOpt, deprecated_alias
 
 
 @app.command("onnx")
 def onnx_command(
-    source: str = typer.Argument(..., metavar="SOURCE", help="Checkpoint (.safetensors; .pth needs --variant), 'demo', or a "
-                                           "variant name (random weights)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .onnx file."),
-    variant: Optional[str] = typer.Option(None, help="Architecture of a .pth state dict without a config."),
-    fp16: bool = typer.Option(False, "--fp16", help="FP16-typed graph (LayerNorm and overflowing nodes FP32)."),
-    fp16_io: bool = typer.Option(False, "--fp16-io", help="With --fp16: FP16 inputs/outputs too (default FP32)."),
-    batch: str = typer.Option("dynamic", help="'dynamic' or a fixed positive batch size."),
-    shared_attention: str = typer.Option("map", help="map | qk | auto (per stage by token count)."),
-    qk_min_tokens: Optional[int] = typer.Option(
-        None, help="With --shared-attention auto: stages with at least this many tokens use qk "
-                   "(default 33, measured on an H200)."),
-    opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
-    data: Optional[Path] = typer.Option(
-        None, help="Verification/FP16-range samples: image folder or .npy/.npz (default: random images)."),
-    count: int = typer.Option(8, help="Number of verification samples."),
-    seed: int = typer.Option(0, help="Seed of random weights (variant sources) and random samples."),
-    verify_strict: bool = typer.Option(
-        True, "--verify-strict/--no-verify-strict",
+    source: Annotated[str, typer.Argument(
+        metavar="SOURCE", help="Checkpoint (.safetensors; .pth needs --variant), 'demo', or a variant name "
+                               "(random weights).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .onnx file.")],
+    variant: VariantOpt = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16-typed graph (LayerNorm and overflowing nodes "
+                                                      "FP32).")] = False,
+    fp16_io: Annotated[bool, typer.Option("--fp16-io", help="With --fp16: FP16 inputs/outputs too "
+                                                            "[default: FP32].")] = False,
+    batch: Annotated[str, typer.Option(help="'dynamic' or a fixed positive batch size.")] = "dynamic",
+    shared_attention: Annotated[SharedAttention, typer.Option(
+        help="Shared maps as probabilities (map), as Q/K (qk), or per stage by token count (auto).")
+    ] = SharedAttention.map,
+    qk_min_tokens: Annotated[Optional[int], typer.Option(
+        help="With --shared-attention auto: stages with at least this many tokens use qk "
+             "[default: 33, measured on an H200].")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Verification/FP16-range samples: image folder or .npy/.npz [default: random images].")] = None,
+    count: Annotated[int, typer.Option(help="Number of verification samples.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of random weights (variant sources) and random samples.")] = 0,
+    verify_strict: Annotated[bool, typer.Option(
+        "--verify-strict/--no-verify-strict",
         help="Fail (and write nothing) when a graph check or the verification fails; "
-             "--no-verify-strict keeps the file and warns."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Also write the export report as JSON."),
+             "--no-verify-strict keeps the file and warns.")] = True,
+    json_out: JsonOpt = None,
+    report_old: Annotated[Optional[Path], typer.Option("--report", hidden=True)] = None,
 ) -> None:
     """Export to ONNX with static token counts, check the graph and verify it against PyTorch."""
     from ..export import export_onnx
     from ..provenance import atomic_output, check_output_folder
 
+    report = deprecated_alias("--report", "--json", report_old, json_out)
     if report is not None:
         check_output_folder(report)  # before minutes of export, not after
     result = export_onnx(
         source, out, variant=variant, fp16=fp16, fp16_io=fp16_io, batch=batch,
-        shared_attention=shared_attention, qk_min_tokens=qk_min_tokens, opset=opset, data=data, count=count,
+        shared_attention=shared_attention.value, qk_min_tokens=qk_min_tokens, opset=opset, data=data, count=count,
         strict=verify_strict, seed=seed, log=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
     )
     src = result.source

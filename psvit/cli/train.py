@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -72,29 +72,30 @@ def reproduce_command(
 
 @app.command()
 def train(
-    variant: str = typer.Option(..., "--variant", help="Variant to train (`psvit-export info` lists them)."),
-    data: str = typer.Option(
-        ..., "--data",
+    variant: Annotated[str, typer.Option("--variant", help="Variant to train (`psvit-export info` lists them).")],
+    data: Annotated[str, typer.Option(
+        "--data",
         help="An image folder (one subfolder per class), or 'synthetic' (a folder of that name: ./synthetic).",
-    ),
-    epochs: int = typer.Option(..., "--epochs", help="Passes over the training split."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint to write (.safetensors)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate (warmup, then cosine)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the weights, the split, shuffling and the synthetic data."),
-    val_fraction: float = typer.Option(
-        0.2, "--val-fraction", help="Share of each class held out (0: train on every image, no held-out accuracy)."
-    ),
-    synthetic_count: Optional[int] = typer.Option(
-        None, "--synthetic-count",
-        help=f"Images to generate for --data synthetic [default: {DEFAULT_SYNTHETIC_COUNT}].",
-    ),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads [default: torch's choice]."),
-    flip: Optional[bool] = typer.Option(
-        None, "--flip/--no-flip",
+    )],
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training split.")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors).")],
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per training step.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (warmup, then cosine).")] = 1e-3,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seeds the weights, the split, shuffling and the synthetic data.")] = 0,
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="Share of each class held out (0: train on every image, no held-out accuracy).",
+    )] = 0.2,
+    synthetic_count: Annotated[Optional[int], typer.Option(
+        "--synthetic-count", help=f"Images to generate for --data synthetic [default: {DEFAULT_SYNTHETIC_COUNT}].",
+    )] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="torch CPU threads [default: torch's choice].")] = None,
+    flip: Annotated[Optional[bool], typer.Option(
+        "--flip/--no-flip",
         help="Random horizontal flips [default: on for synthetic data (its classes are flip-invariant), "
              "off for folders].",
-    ),
+    )] = None,
 ) -> None:
     """Train a PSViT on CPU and save a checkpoint with its recipe, data fingerprint and held-out accuracy."""
     _check_output(out)

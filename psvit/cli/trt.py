@@ -5,13 +5,17 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from . import app
 from .console import console, err_console, format_bytes
+from .options import (
+    BuilderChoice, CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt,
+    deprecated_alias,
+)
 
 
 class _Status:
@@ -44,43 +48,43 @@ class _Status:
 
 @app.command("trt")
 def trt_command(
-    source: str = typer.Argument(..., metavar="SOURCE", help="Checkpoint (.safetensors), 'demo', a variant name "
-                                 "(random weights), an FP32 ONNX, or an FP16 / Q-DQ INT8 ONNX (built as it is)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Engine file (raw plan); its sidecar is FILE.json."),
-    fp16: bool = typer.Option(False, "--fp16", help="FP16 engine (an FP32 source is converted on the way)."),
-    int8: bool = typer.Option(False, "--int8", help="INT8 engine (an FP32 source is calibrated: needs --calib-data)."),
-    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="INT8 calibration images: image folder "
-                                              "or .npy/.npz (also the value ranges of an FP16 conversion)."),
-    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="At most this many calibration images."),
-    calib_batch: Optional[int] = typer.Option(None, "--calib-batch", help="Images per calibration run."),
-    calib_method: str = typer.Option("max", "--calib-method", help="max | percentile | entropy | mse."),
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache file "
-                                               "(default: next to the INT8 ONNX)."),
-    batch: Optional[str] = typer.Option(None, "--batch", help="MIN:OPT:MAX profile or a fixed N "
-                                        "(default 1:8:32 for a dynamic batch)."),
-    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace limit, e.g. 512M, 2G "
-                                            "(default: TensorRT's)."),
-    opt_level: Optional[int] = typer.Option(None, "--opt-level", help="Builder optimization level 0-5 "
-                                            "(default 3; 0 builds fastest)."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file (TensorRT only; "
-                                                "default: one per TensorRT version and GPU in ~/.cache)."),
-    builder: str = typer.Option("auto", "--builder", help="auto | tensorrt | tensorrt-rtx (auto: tensorrt if "
-                                "installed, else tensorrt-rtx)."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even if a matching engine exists."),
+    source: Annotated[str, typer.Argument(
+        metavar="SOURCE", help="Checkpoint (.safetensors), 'demo', a variant name (random weights), an FP32 ONNX, "
+                               "or an FP16 / Q-DQ INT8 ONNX (built as it is).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Engine file (raw plan); its sidecar is FILE.json.")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (exported from the checkpoint).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine (an FP32 source is calibrated: needs "
+                                                      "--calib-data).")] = False,
+    calib_data: CalibDataOpt = None,
+    calib_count: CalibCountOpt = None,
+    calib_batch: CalibBatchOpt = None,
+    calib_method: CalibMethodOpt = CalibMethod.max,
+    calib_cache: CalibCacheOpt = None,
+    batch: Annotated[Optional[str], typer.Option(
+        "--batch", help="MIN:OPT:MAX profile or a fixed N [default: 1:8:32 for a dynamic batch].")] = None,
+    workspace: Annotated[Optional[str], typer.Option(
+        "--workspace", help="Workspace limit, e.g. 512M, 2G [default: TensorRT's].")] = None,
+    optimization_level: Annotated[Optional[int], typer.Option(
+        "--optimization-level", help="Builder optimization level 0-5; 0 builds fastest [default: 3].")] = None,
+    opt_level_old: Annotated[Optional[int], typer.Option("--opt-level", hidden=True)] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(
+        "--timing-cache", help="Timing cache file, TensorRT only [default: one per TensorRT version and GPU in "
+                               "~/.cache].")] = None,
+    builder: Annotated[BuilderChoice, typer.Option(
+        "--builder", help="TensorRT flavour (auto: tensorrt if installed, else tensorrt-rtx).")] = BuilderChoice.auto,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching engine exists.")] = False,
 ) -> None:
     """Build a TensorRT or TensorRT-RTX engine (raw plan) with a provenance sidecar; reuse a matching one."""
-    from ..export import build_engine_file
-    from ..export.errors import EngineBuildError
+    from .. import pipeline
 
-    if builder not in ("auto", "tensorrt", "tensorrt-rtx", "tensorrt_rtx"):
-        raise EngineBuildError(f"--builder {builder!r}: use auto, tensorrt or tensorrt-rtx")
+    optimization_level = deprecated_alias("--opt-level", "--optimization-level", opt_level_old, optimization_level)
     command = shlex.join(["psvit-export", "trt", *sys.argv[2:]]) if sys.argv[1:2] == ["trt"] else None
     with _Status() as status:
-        result = build_engine_file(
+        result = pipeline.engine(
             source, out, fp16=fp16, int8=int8, calib_data=calib_data, calib_count=calib_count,
-            calib_batch=calib_batch, calib_method=calib_method, calib_cache=calib_cache, batch=batch,
-            workspace=workspace, optimization_level=opt_level, timing_cache=timing_cache, flavour=builder,
-            force=force, command=command, log=status.log, progress=status.progress,
+            calib_batch=calib_batch, calib_method=calib_method.value, calib_cache=calib_cache, batch=batch,
+            workspace=workspace, optimization_level=optimization_level, timing_cache=timing_cache,
+            builder=builder.value, force=force, command=command, log=status.log, progress=status.progress,
         )
     sc = result.sidecar
     title = f"{'reused' if result.reused else 'built'} {result.path}"

@@ -1,21 +1,22 @@
-"""PyTorch backend: a checkpoint, ``"demo"`` or a variant name (random weights), eager or CUDA graphs.
+"""PyTorch backend: a checkpoint, ``"demo"``, a variant name (random weights) or an already-loaded model
+(export verification and the demo hand theirs over, so no checkpoint is read twice); eager or CUDA graphs.
 
-Thread safety: on the CPU, forward passes run concurrently (inference mode, no shared buffers). On a GPU
+Concurrency: on the CPU, forward passes run concurrently (inference mode, no shared buffers). On a GPU
 all calls share one CUDA stream and, with CUDA graphs, static input/output buffers, so a lock serialises
 them; load one Runtime per stream for parallel GPU work.
 """
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...artifacts import ArtifactKind, detect_artifact
 from ...errors import PSViTError
 from ..batching import BatchLimits
 from ..errors import ArtifactError, BackendError
-from .base import Backend, Timings, timed
+from .base import Backend, Concurrency, Timings, timed
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -23,15 +24,15 @@ PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def _load_model(source: str, *, variant: str | None, seed: int, fused_attention: bool | None) -> tuple[Any, Any, dict]:
     """(model, config, facts) from a checkpoint path, ``"demo"`` or a registered variant name."""
     import psvit
-    from psvit.registry import list_models
 
     options = {} if fused_attention is None else {"fused_attention": fused_attention}
     text = str(source)
-    if text in list_models() and not Path(text).exists():
+    if detect_artifact(text).kind is ArtifactKind.VARIANT:
         import torch
 
-        torch.manual_seed(seed)
-        model = psvit.create_model(text, **options).eval()
+        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            torch.manual_seed(seed)
+            model = psvit.create_model(text, **options).eval()
         return model, model.cfg, {"description": f"{text} (random weights, seed {seed})", "class_names": None,
                                   "random_weights": True, "sha256": None}
     try:
@@ -43,14 +44,30 @@ def _load_model(source: str, *, variant: str | None, seed: int, fused_attention:
                                      "sha256": ckpt.sha256, "metadata": ckpt.metadata}
 
 
+def _given_model(model: Any, name: str | None, class_names: list[str] | None,
+                 metadata: dict[str, Any] | None) -> tuple[Any, Any, dict]:
+    """(model, config, facts) of a model object the caller already holds."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise BackendError(f"the PyTorch backend runs PSViT models (with a .cfg); got {type(model).__name__}")
+    meta = dict(metadata or {})
+    return model, cfg, {"description": name or f"{getattr(model, 'variant', None) or 'model'} (in memory)",
+                        "class_names": class_names, "random_weights": bool(meta.get("random_weights")),
+                        "sha256": meta.get("sha256"), "metadata": meta}
+
+
 class TorchBackend(Backend):
-    """A PSViT in eval mode on ``device`` in ``precision``; ``cuda_graphs`` captures one graph per batch size."""
+    """A PSViT in eval mode on ``device`` in ``precision``; ``cuda_graphs`` captures one graph per batch size.
+
+    ``source`` is a checkpoint path, ``"demo"``, a variant name or a model object (``name``,
+    ``class_names`` and ``metadata`` describe a model object; it is used as it is, not copied).
+    """
 
     name = "torch"
 
     def __init__(
         self,
-        source: str,
+        source: Any,
         *,
         device: str | None = None,
         precision: str = "fp32",
@@ -59,6 +76,9 @@ class TorchBackend(Backend):
         seed: int = 0,
         fused_attention: bool | None = None,
         threads: int | None = None,
+        name: str | None = None,
+        class_names: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -72,7 +92,10 @@ class TorchBackend(Backend):
             raise BackendError(f"{what} with PyTorch need a CUDA device; pass device='cuda' or drop the option")
         if threads:
             torch.set_num_threads(threads)
-        model, cfg, facts = _load_model(source, variant=variant, seed=seed, fused_attention=fused_attention)
+        if isinstance(source, torch.nn.Module):
+            model, cfg, facts = _given_model(source, name, class_names, metadata)
+        else:
+            model, cfg, facts = _load_model(source, variant=variant, seed=seed, fused_attention=fused_attention)
         self.dtype = getattr(torch, PRECISIONS[precision])
         self.model = model.to(device=dev, dtype=self.dtype).eval()
         self.torch_device = dev
@@ -86,8 +109,8 @@ class TorchBackend(Backend):
         self.preprocess = cfg.preprocess
         self.metadata = {"random_weights": facts["random_weights"], "sha256": facts["sha256"],
                          "variant": getattr(model, "variant", None), **(facts.get("metadata") or {})}
-        self.thread_safety = ("concurrent calls run in parallel (CPU, no shared state)" if dev.type == "cpu"
-                              else "calls are serialised by a lock (one CUDA stream, static buffers)")
+        self.concurrency = (Concurrency(thread_safe=True, max_parallel=None, mechanism="none") if dev.type == "cpu"
+                            else Concurrency(thread_safe=True, max_parallel=1, mechanism="lock"))
         self._lock = threading.Lock() if dev.type == "cuda" else None
         self._stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}  # batch -> (graph, static input, static output)

@@ -1,12 +1,11 @@
-"""Per-layer precisions of a built engine, from the engine inspector's JSON, checked against the request.
+"""Per-layer precisions of an engine, from the engine inspector's JSON.
 
 The inspector (``engine.create_engine_inspector().get_engine_information(LayerInformationFormat.JSON)``)
 lists each layer with its input/output tensors only when the engine was built with
 ``ProfilingVerbosity.DETAILED`` (otherwise ``Layers`` is a list of names). Each tensor carries a
 ``Format/Datatype`` string such as ``"Row major linear FP16 format"`` or ``"Channel major FP32"`` (older
-releases: ``"Half"``, ``"Float"``, ``"Int8"``). A requested precision that no layer runs in is a failure:
-an "FP16" engine with no FP16 layer is the TensorRT 11 migration bug of other tools (rf-detr #1453).
-Deserializing a plan needs a GPU, so :func:`engine_information` runs only where the engine can run.
+releases: ``"Half"``, ``"Float"``, ``"Int8"``). The runtime reads an engine's precision from here when no
+sidecar records it; the builder checks the requested precision with it (``psvit.export.tensorrt.inspect``).
 """
 from __future__ import annotations
 
@@ -14,10 +13,9 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
-from .errors import EngineBuildError
+from ...errors import ArtifactError
 
 _DTYPES = (  # pattern -> precision; order matters ("BF16" before "FP16")
     (re.compile(r"\bBF16\b|\bBFloat16\b", re.I), "bf16"),
@@ -49,15 +47,27 @@ class LayerPrecisions:
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "counts": self.counts, "unknown": len(self.unknown)}
 
+    @property
+    def precision(self) -> str:
+        """The engine's precision as the builder names it: ``int8`` if any layer runs INT8, else ``fp16`` if
+        any runs FP16, else ``fp32`` (``unknown`` without compute layers)."""
+        for name in ("int8", "fp8", "fp16", "bf16", "fp32"):
+            if self.counts.get(name):
+                return name
+        return "unknown"
 
-def parse_engine_information(info: str | dict[str, Any]) -> LayerPrecisions:
-    """Count the precisions of the compute layers in inspector JSON (a string or the parsed dict)."""
+
+def layer_precisions(info: str | dict[str, Any]) -> LayerPrecisions:
+    """Count the precisions of the compute layers in inspector JSON (a string or the parsed dict).
+
+    Raises :class:`ArtifactError` when the JSON has no per-layer types (not inspector output, or an engine
+    built without ``ProfilingVerbosity.DETAILED``)."""
     data = json.loads(info) if isinstance(info, str) else info
     layers = data.get("Layers") if isinstance(data, dict) else None
     if not isinstance(layers, list):
-        raise EngineBuildError("the engine inspector's JSON has no 'Layers' list; is it TensorRT inspector output?")
+        raise ArtifactError("the engine inspector's JSON has no 'Layers' list; is it TensorRT inspector output?")
     if layers and not isinstance(layers[0], dict):
-        raise EngineBuildError(
+        raise ArtifactError(
             "the engine inspector reports layer names only: the engine was not built with "
             "ProfilingVerbosity.DETAILED, so its layer precisions cannot be checked; rebuild it with psvit-export trt"
         )
@@ -79,42 +89,3 @@ def parse_engine_information(info: str | dict[str, Any]) -> LayerPrecisions:
             unknown.append(str(layer.get("Name", "?")))
         counts.update(seen)
     return LayerPrecisions(layers=compute, counts=dict(counts), unknown=unknown)
-
-
-def check_layer_precisions(info: str | dict[str, Any], precision: str) -> LayerPrecisions:
-    """Raise :class:`EngineBuildError` unless the engine runs layers in ``precision`` (fp32, fp16 or int8).
-
-    FP16 and INT8 engines need at least one compute layer in that precision; an FP32 engine must have no
-    FP16/INT8 layer (a strongly-typed build never lowers precision on its own).
-    """
-    report = parse_engine_information(info)
-    if report.layers == 0:
-        raise EngineBuildError("the engine inspector lists no compute layers; the engine cannot be checked")
-    c = report.counts
-    if precision in ("fp16", "int8") and not c.get(precision):
-        raise EngineBuildError(
-            f"the engine was requested as {precision.upper()} but none of its {report.layers} compute layers runs "
-            f"in {precision.upper()} (precisions seen: {_fmt(c)}). Check that the ONNX is "
-            f"{'FP16-typed' if precision == 'fp16' else 'a Q/DQ graph'} and the builder is strongly typed"
-        )
-    if precision == "fp32" and (c.get("fp16") or c.get("int8")):
-        raise EngineBuildError(
-            f"the engine was requested as FP32 but some layers run in lower precision ({_fmt(c)}); "
-            f"the ONNX is not a pure FP32 graph"
-        )
-    return report
-
-
-def _fmt(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
-
-
-def engine_information(trt: ModuleType, plan: bytes, logger: Any) -> str:
-    """Deserialize ``plan`` and return the inspector's JSON (needs a GPU that can run the engine)."""
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise EngineBuildError("the engine cannot be deserialized here (no GPU that runs it?); "
-                               "its layer precisions were not checked")
-    inspector = engine.create_engine_inspector()
-    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)

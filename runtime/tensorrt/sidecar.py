@@ -3,6 +3,8 @@
 The plan stays raw (raw TensorRT, trtexec and Triton load it); provenance lives here. Written atomically
 and before the plan is renamed into place, with the plan's sha256: an interrupted write leaves at worst a
 sidecar that does not match its plan, which :func:`read_sidecar` reports — never a plan without a sidecar.
+Reading it needs only the standard library: a service that runs engines reads their facts without onnx,
+onnxscript or torch installed.
 """
 from __future__ import annotations
 
@@ -12,22 +14,16 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..provenance import atomic_output, sha256_file
-from .errors import EngineMismatchError
+from ...artifacts import sidecar_path
+from ...provenance import atomic_output, sha256_file
+from ..errors import EngineMismatchError
+from .library import normalise_flavour
+
+__all__ = ["EngineSidecar", "read_sidecar", "check_sidecar", "write_sidecar", "sidecar_path", "normalise_flavour",
+           "FORMAT"]
 
 FORMAT = "psvit-engine/1"
 GENERIC_REBUILD = "psvit-export trt SOURCE --out ENGINE [--fp16|--int8 --calib-data DIR] --force"
-
-
-def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-def normalise_flavour(flavour: str) -> str:
-    """``tensorrt-rtx``/``TensorRT-RTX`` -> ``tensorrt_rtx``."""
-    return flavour.strip().lower().replace("-", "_")
 
 
 @dataclass

@@ -22,7 +22,6 @@ DeiT-Small FP16 about 1.5 s.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,17 +29,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import MissingDependencyError
-from ..provenance import atomic_output
-from .errors import EngineBuildError
+from ...provenance import atomic_output
+from ...runtime.tensorrt import (
+    FLAVOURS, DeviceInfo, capture, detect_device, import_tensorrt, normalise_flavour, trt_logger,
+)
+from ..errors import EngineBuildError
 
-FLAVOURS = ("auto", "tensorrt", "tensorrt_rtx")
+BUILDERS = ("auto", *FLAVOURS)
 DEFAULT_BATCH_PROFILE = (1, 8, 32)  # min, opt, max for graphs with a dynamic batch
-_INSTALL = {
-    "tensorrt": "pip install tensorrt (data-centre GPUs)",
-    "tensorrt_rtx": "pip install tensorrt-rtx (RTX GPUs; also builds on a CPU-only machine)",
-}
-_LOGGERS: dict[str, Any] = {}  # one logger per module: TensorRT keeps the first one it was given
 
 
 @dataclass
@@ -56,7 +52,7 @@ class EngineBuild:
     optimization_level: int | None
     warnings: list[str] = field(default_factory=list)
     workspace_bytes: int | None = None
-    device: "DeviceInfo | None" = None  # the GPU it was built on; None for an ahead-of-time build
+    device: DeviceInfo | None = None  # the GPU it was built on; None for an ahead-of-time build
     target: dict[str, Any] = field(default_factory=dict)  # what the plan runs on (see :func:`build_target`)
     timing_cache: str = "not used"  # what happened to the timing cache, in words
     batch: tuple[int, int, int] | None = None  # (min, opt, max) of the profile; None for a static graph
@@ -68,33 +64,6 @@ class EngineBuild:
         with atomic_output(path, suffix=".engine") as tmp:
             tmp.write_bytes(self.plan)
         return path
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """The CUDA GPU the builder sees."""
-
-    name: str
-    compute_capability: str  # "8.6"
-
-    @property
-    def key(self) -> str:
-        """A file-name-safe key, e.g. ``nvidia-geforce-rtx-4090-sm89``."""
-        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
-        return f"{slug}-sm{self.compute_capability.replace('.', '')}"
-
-
-def detect_device() -> DeviceInfo | None:
-    """The first CUDA GPU (through PyTorch, which psvit-deploy depends on), or None without one."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        major, minor = torch.cuda.get_device_capability(0)
-        return DeviceInfo(torch.cuda.get_device_name(0), f"{major}.{minor}")
-    except Exception:  # a broken driver is "no GPU" for the builder's purposes
-        return None
 
 
 def rtx_compute_capabilities(trt: ModuleType) -> list[Any]:
@@ -129,37 +98,31 @@ def build_target(name: str, trt: ModuleType, device: DeviceInfo | None) -> dict[
     )
 
 
-def import_tensorrt(flavour: str = "auto") -> tuple[ModuleType, str]:
-    """The TensorRT module for ``flavour``; ``auto`` prefers ``tensorrt`` and falls back to TensorRT-RTX."""
-    import importlib
+@dataclass(frozen=True)
+class Builder:
+    """The TensorRT that builds, and for what: the module, its name and version, the GPU and the target."""
 
-    if flavour not in FLAVOURS:
-        raise EngineBuildError(f"unknown TensorRT flavour {flavour!r}; use one of {', '.join(FLAVOURS)}")
-    names = ["tensorrt", "tensorrt_rtx"] if flavour == "auto" else [flavour]
-    for name in names:
-        try:
-            return importlib.import_module(name), name
-        except ImportError:
-            continue
-    how = " or ".join(_INSTALL[n] for n in names)
-    raise MissingDependencyError(f"no TensorRT builder is installed ({', '.join(names)}). Install it with: {how}")
+    trt: ModuleType
+    name: str  # "tensorrt" | "tensorrt_rtx"
+    device: DeviceInfo | None
+    target: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.trt.__version__
 
 
-def _logger(trt: ModuleType, name: str) -> Any:
-    """A logger that keeps TensorRT's errors and warnings for our messages instead of printing them."""
-    if name not in _LOGGERS:
+def resolve_builder(builder: str = "auto") -> Builder:
+    """The builder for ``builder`` (``auto``: ``tensorrt`` if installed, else TensorRT-RTX) on this machine.
 
-        class CollectingLogger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.messages: list[str] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                    self.messages.append(f"{severity.name}: {msg}")
-
-        _LOGGERS[name] = CollectingLogger()
-    return _LOGGERS[name]
+    Cheap, so callers run it before minutes of export work: a missing builder, or TensorRT without a GPU,
+    fails here."""
+    name = normalise_flavour(builder)
+    if name not in BUILDERS:
+        raise EngineBuildError(f"unknown TensorRT flavour {builder!r}: use --builder auto, tensorrt or tensorrt-rtx")
+    trt, name = import_tensorrt(name, purpose="to build engines")
+    device = detect_device()
+    return Builder(trt, name, device, build_target(name, trt, device))
 
 
 def _progress_monitor(trt: ModuleType, report: Callable[[str], None]) -> Any:
@@ -216,7 +179,7 @@ def _parser_errors(parser: Any) -> list[str]:
 def build_engine(
     onnx_path: str | os.PathLike,
     *,
-    flavour: str = "auto",
+    builder: str | Builder = "auto",
     batch: tuple[int, int, int] | None = None,
     optimization_level: int | None = None,
     workspace_bytes: int | None = None,
@@ -228,7 +191,8 @@ def build_engine(
     """Parse ``onnx_path`` and build a serialized engine.
 
     Args:
-        flavour: ``tensorrt``, ``tensorrt_rtx`` or ``auto`` (the first that imports).
+        builder: ``tensorrt``, ``tensorrt_rtx`` (``tensorrt-rtx``) or ``auto`` (the first that imports), or a
+            :func:`resolve_builder` result.
         batch: (min, opt, max) batch of the optimization profile; None means :data:`DEFAULT_BATCH_PROFILE`
             for a dynamic batch. A graph with a fixed batch gets no profile (and refuses ``batch``).
         optimization_level: builder optimization level 0..5 (None: TensorRT's default, 3); 0 builds fastest.
@@ -236,17 +200,29 @@ def build_engine(
         timing_cache, use_timing_cache: with ``use_timing_cache``, start from the serialized cache ``timing_cache``
             (None: a new one) and return the updated cache in ``EngineBuild.timing_cache_blob`` (TensorRT only).
         progress: called with the builder's phase/step lines (``IProgressMonitor``) while it builds.
-        device: the GPU building it (None: :func:`detect_device`); without one only TensorRT-RTX builds,
-            ahead of time for the compute capabilities of :func:`rtx_compute_capabilities`.
+        device: the GPU building it (None: the builder's, :func:`detect_device`); without one only
+            TensorRT-RTX builds, ahead of time for the compute capabilities of :func:`rtx_compute_capabilities`.
+
+    TensorRT's messages go to the ``psvit.tensorrt`` logger; its warnings and errors of this build are kept
+    in ``EngineBuild.warnings`` (and quoted when the build fails).
     """
-    trt, name = import_tensorrt(flavour)
-    device = device or detect_device()
-    target = build_target(name, trt, device)
+    resolved = builder if isinstance(builder, Builder) else resolve_builder(builder)
+    trt, name = resolved.trt, resolved.name
+    device = device or resolved.device
+    target = resolved.target if device is resolved.device else build_target(name, trt, device)
     path = Path(onnx_path)
     if not path.is_file():
         raise EngineBuildError(f"ONNX file {path} does not exist")
-    logger = _logger(trt, name)
-    logger.messages.clear()
+    with capture() as log:
+        return _build(trt, name, path, device, target, log, batch=batch, optimization_level=optimization_level,
+                      workspace_bytes=workspace_bytes, timing_cache=timing_cache, use_timing_cache=use_timing_cache,
+                      progress=progress)
+
+
+def _build(trt: ModuleType, name: str, path: Path, device: DeviceInfo | None, target: dict[str, Any], log: Any, *,
+           batch: tuple[int, int, int] | None, optimization_level: int | None, workspace_bytes: int | None,
+           timing_cache: bytes | None, use_timing_cache: bool, progress: Callable[[str], None] | None) -> EngineBuild:
+    logger = trt_logger(trt, name)
     start = time.perf_counter()
     builder = trt.Builder(logger)
     flags = 0
@@ -307,14 +283,14 @@ def build_engine(
         )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        log = "\n  ".join(logger.messages[-10:]) or "(TensorRT reported nothing)"
-        raise EngineBuildError(f"{name} {trt.__version__} parsed {path.name} but could not build an engine:\n  {log}")
+        raise EngineBuildError(f"{name} {trt.__version__} parsed {path.name} but could not build an engine:\n  "
+                               f"{log.tail()}")
     cache_blob = None
     if use_timing_cache and name != "tensorrt_rtx":
         cache_blob = bytes(config.get_timing_cache().serialize())
     return EngineBuild(
         plan=bytes(plan), flavour=name, version=trt.__version__, seconds=time.perf_counter() - start,
         onnx_path=str(path), profile=profile_shapes, optimization_level=optimization_level,
-        warnings=list(logger.messages), workspace_bytes=workspace_bytes, device=device, target=target,
+        warnings=log.messages, workspace_bytes=workspace_bytes, device=device, target=target,
         timing_cache=cache_note, batch=(lo, opt, hi) if dynamic else None, timing_cache_blob=cache_blob,
     )

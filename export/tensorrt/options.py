@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineBuildError
+from ..errors import EngineBuildError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
@@ -71,11 +71,12 @@ class OnnxFacts:
 
 def inspect_onnx_file(path: str | os.PathLike) -> OnnxFacts:
     """Read the graph (not the weights) of ``path`` and decide its precision; refuse non-ONNX files."""
-    from .metadata import read_metadata
-    from .onnx_io import load_onnx_graph
+    from ..metadata import read_metadata
+    from ..onnx_io import load_onnx_graph
 
     path = Path(path)
-    model = load_onnx_graph(path, EngineBuildError, "pass a .onnx file, a checkpoint or 'demo'")
+    model = load_onnx_graph(path, "pass a .onnx file (psvit-export trt and psvit.pipeline.engine also take a "
+                                  "checkpoint or 'demo')")
     graph = model.graph
     if not graph.node or not graph.input:
         raise EngineBuildError(f"{path} is not an ONNX model with a graph (no nodes or inputs)")

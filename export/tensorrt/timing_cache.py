@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..provenance import atomic_output
+from ...provenance import atomic_output
 
 
 def cache_key(flavour: str, version: str, target_key: str) -> str:
