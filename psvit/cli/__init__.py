@@ -10,7 +10,7 @@ from ..errors import PSViTError
 app = typer.Typer(
     name="psvit-export",
     help="PSViT deployment toolchain: model info, data, training, ONNX/FP16/INT8 export with verification, "
-    "TensorRT engines, benchmarks and the end-to-end demo.",
+    "TensorRT engines, benchmarks, Triton serving and the end-to-end demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -29,6 +29,9 @@ def _register_commands() -> None:
     from . import calibrate  # noqa: F401
     from . import bench  # noqa: F401
     from . import demo  # noqa: F401
+    from . import triton  # noqa: F401
+    from . import serve  # noqa: F401
+    from . import loadtest  # noqa: F401
 
 
 @app.callback()

@@ -1,0 +1,45 @@
+"""The load generator's plot: throughput against p99 latency, one point per concurrency (perf_analyzer's curve)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import require
+from ..provenance import atomic_output
+
+
+def plot_sweeps(series: Sequence[tuple[str, Sequence[Any]]], path: str | os.PathLike, title: str = "") -> Path:
+    """One line per ``(label, levels)`` (``LevelResult`` or their dicts): x p99 latency, y throughput."""
+    require("matplotlib", "'psvit-deploy[plot]'", "load test plots")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def get(level: Any, key: str) -> Any:
+        return level[key] if isinstance(level, dict) else getattr(level, key)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, levels in series:
+        xs = [get(lv, "latency")["p99_ms"] for lv in levels]
+        ys = [get(lv, "throughput") for lv in levels]
+        line, = ax.plot(xs, ys, marker="o", label=label)
+        for lv, x, y in zip(levels, xs, ys):
+            ax.annotate(f"c={get(lv, 'concurrency')}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("p99 latency, ms (client)")
+    ax.set_ylabel("throughput, inferences/s")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title or "throughput vs p99 latency per concurrency level")
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        with atomic_output(path, suffix=path.suffix) as tmp:  # a failed save leaves no half-written image
+            fig.savefig(tmp, dpi=120, format=path.suffix[1:].lower() or "png")
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,92 @@
+"""Helpers of the serving tests: free loopback ports and a `psvit-export serve` process with bounded waits."""
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now (the OS picks them)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class ServeProcess:
+    """``python -m psvit.cli serve ARTIFACT --json`` on free loopback ports; :meth:`wait_ready` is bounded."""
+
+    def __init__(self, artifact: str | Path, *extra: str, log_dir: Path) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        self.stderr_path = log_dir / "serve.stderr"
+        cmd = [sys.executable, "-m", "psvit.cli", "serve", str(artifact), "--host", "127.0.0.1",
+               "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+               "--metrics-port", str(self.metrics_port), "--log-file", str(log_dir / "tritonserver.log"), "--json",
+               *extra]
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.info: dict[str, Any] = {}
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def wait_ready(self, timeout: float = 180.0) -> dict[str, Any]:
+        """The ``--json`` line the server prints once its models are loaded (other stdout lines are skipped)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._lines.get(timeout=max(remaining, 0.01))
+            except queue.Empty:
+                raise TimeoutError(f"serve not ready after {timeout} s; log: {self.log()}") from None
+            if line is None:
+                raise RuntimeError(f"serve exited with {self.proc.wait(10)} before it was ready; log: {self.log()}")
+            if line.startswith("{"):
+                self.info = json.loads(line)
+                return self.info
+
+    def log(self) -> str:
+        if not self._stderr.closed:
+            self._stderr.flush()
+        return self.stderr_path.read_text()[-3000:]
+
+    def terminate(self, timeout: float = 90.0) -> int:
+        """SIGTERM, then the exit code (bounded; killed after ``timeout``)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+        finally:
+            self._stderr.close()
