@@ -90,3 +90,77 @@ class ServeProcess:
             raise
         finally:
             self._stderr.close()
+
+
+class BundledTritonServer:
+    """The ``tritonserver`` binary that nvidia-pytriton ships, run over a model repository on loopback.
+
+    It has the Python backend and ensembles but no ONNX Runtime or TensorRT backend, so tests use it for
+    the Python-backend models and ensembles that ``psvit-export triton`` writes. The process environment is
+    the one :func:`psvit.serve.environment.with_libpython_first` makes (the interpreter's libpython first).
+    """
+
+    def __init__(self, repo: Path, work: Path) -> None:
+        import os
+        import shutil
+
+        from pytriton.triton import TRITONSERVER_DIST_DIR
+        from pytriton.utils.distribution import get_libs_path, get_stub_path
+
+        from psvit.serve.environment import with_libpython_first
+
+        dist = work / "tritonserver"
+        shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
+        stub = get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}")
+        shutil.copy(stub, dist / "backends" / "python" / "triton_python_backend_stub")
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH"), str(get_libs_path())) if p)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the stub runs this venv's python
+        self.log_path = work / "tritonserver.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(dist / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={dist / 'backends'}",
+             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
+             "--exit-timeout-secs=10"],
+            stdout=self._log, stderr=subprocess.STDOUT, env=with_libpython_first(env),
+        )
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def wait_ready(self, models: list[str], timeout: float = 120.0) -> None:
+        import time
+
+        import tritonclient.http as http
+
+        client = http.InferenceServerClient(self.http)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: {self.log()}")
+            try:
+                if all(client.is_model_ready(m) for m in models):
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"models {models} not ready after {timeout} s: {self.log()}")
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()[-4000:]
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+        finally:
+            self._log.close()

@@ -251,6 +251,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server, rt):
                 out = exc
             records.append((t0, x, out))
             i += 1
+        client.close()  # as a client that is done: Triton's shutdown waits for open HTTP connections
 
     threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(16)]
     for t in threads:
