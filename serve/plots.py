@@ -10,8 +10,16 @@ from ..errors import require
 from ..provenance import atomic_output
 
 
-def plot_sweeps(series: Sequence[tuple[str, Sequence[Any]]], path: str | os.PathLike, title: str = "") -> Path:
-    """One line per ``(label, levels)`` (``LevelResult`` or their dicts): x p99 latency, y throughput."""
+Series = Sequence[tuple[str, Sequence[Any]]]  # (label, levels: LevelResult or their dicts)
+
+
+def plot_sweeps(series: Series, path: str | os.PathLike, title: str = "") -> Path:
+    """One line per ``(label, levels)``: x p99 latency, y throughput, points labelled with the concurrency."""
+    return plot_panels([(title or "throughput vs p99 latency per concurrency level", series)], path)
+
+
+def plot_panels(panels: Sequence[tuple[str, Series]], path: str | os.PathLike) -> Path:
+    """:func:`plot_sweeps` side by side, one panel per ``(title, series)``."""
     require("matplotlib", "'psvit-deploy[plot]'", "load test plots")
     import matplotlib
 
@@ -21,20 +29,21 @@ def plot_sweeps(series: Sequence[tuple[str, Sequence[Any]]], path: str | os.Path
     def get(level: Any, key: str) -> Any:
         return level[key] if isinstance(level, dict) else getattr(level, key)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, levels in series:
-        xs = [get(lv, "latency")["p99_ms"] for lv in levels]
-        ys = [get(lv, "throughput") for lv in levels]
-        line, = ax.plot(xs, ys, marker="o", label=label)
-        for lv, x, y in zip(levels, xs, ys):
-            ax.annotate(f"c={get(lv, 'concurrency')}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_xlabel("p99 latency, ms (client)")
-    ax.set_ylabel("throughput, inferences/s")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title(title or "throughput vs p99 latency per concurrency level")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels):
+        for label, levels in series:
+            xs = [get(lv, "latency")["p99_ms"] for lv in levels]
+            ys = [get(lv, "throughput") for lv in levels]
+            line, = ax.plot(xs, ys, marker="o", label=label)
+            for lv, x, y in zip(levels, xs, ys):
+                ax.annotate(f"c={get(lv, 'concurrency')}", (x, y), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("p99 latency, ms (client)")
+        ax.set_ylabel("throughput, inferences/s")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     try:
