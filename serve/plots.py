@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import require
-from ..provenance import atomic_output
+from ..runtime.plots import save_figure
 
 
 Series = Sequence[tuple[str, Sequence[Any]]]  # (label, levels: LevelResult or their dicts)
@@ -45,10 +45,4 @@ def plot_panels(panels: Sequence[tuple[str, Series]], path: str | os.PathLike) -
         ax.legend(fontsize=7, loc="best")
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_output(path, suffix=path.suffix) as tmp:  # a failed save leaves no half-written image
-            fig.savefig(tmp, dpi=120, format=path.suffix[1:].lower() or "png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

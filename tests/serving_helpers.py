@@ -26,18 +26,43 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-class ServeProcess:
+class _LoggedProcess:
+    """A child process whose output goes to ``log_path``; stopped by a signal, killed after a bounded wait."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    _log: Any
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()[-4000:]
+
+    def _stop(self, sig: int, timeout: float) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+        finally:
+            self._log.close()
+
+
+class ServeProcess(_LoggedProcess):
     """``python -m psvit.cli serve ARTIFACT --json`` on free loopback ports; :meth:`wait_ready` is bounded."""
 
     def __init__(self, artifact: str | Path, *extra: str, log_dir: Path) -> None:
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        self.stderr_path = log_dir / "serve.stderr"
+        self.log_path = log_dir / "serve.stderr"
         cmd = [sys.executable, "-m", "psvit.cli", "serve", str(artifact), "--host", "127.0.0.1",
                "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
                "--metrics-port", str(self.metrics_port), "--log-file", str(log_dir / "tritonserver.log"), "--json",
                *extra]
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.info: dict[str, Any] = {}
@@ -73,26 +98,12 @@ class ServeProcess:
                 self.info = json.loads(line)
                 return self.info
 
-    def log(self) -> str:
-        if not self._stderr.closed:
-            self._stderr.flush()
-        return self.stderr_path.read_text()[-3000:]
-
     def terminate(self, timeout: float = 90.0) -> int:
         """SIGTERM, then the exit code (bounded; killed after ``timeout``)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise
-        finally:
-            self._stderr.close()
+        return self._stop(signal.SIGTERM, timeout)
 
 
-class BundledTritonServer:
+class BundledTritonServer(_LoggedProcess):
     """The ``tritonserver`` binary that nvidia-pytriton ships, run over a model repository on loopback.
 
     It has the Python backend and ensembles but no ONNX Runtime or TensorRT backend, so tests use it for
@@ -149,18 +160,6 @@ class BundledTritonServer:
             time.sleep(0.25)
         raise TimeoutError(f"models {models} not ready after {timeout} s: {self.log()}")
 
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text()[-4000:]
-
     def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-        finally:
-            self._log.close()
+        """SIGINT (Triton's own shutdown), then the exit code (bounded)."""
+        return self._stop(signal.SIGINT, timeout)
