@@ -24,8 +24,8 @@ def serve_command(
         "--max-batch", help="Most rows per execution (default 32, or the engine profile's max).")] = None,
     max_queue_delay_ms: Annotated[float, typer.Option(
         "--max-queue-delay-ms", help="Dynamic batcher: longest wait for a fuller batch (ms).")] = 1.0,
-    dynamic_batching: Annotated[bool, typer.Option(
-        "--dynamic-batching/--no-dynamic-batching", help="Triton's dynamic batcher for the model.")] = True,
+    no_dynamic_batching: Annotated[bool, typer.Option(
+        "--no-dynamic-batching", help="One request per execution (Triton's default scheduler).")] = False,
     instances: Annotated[int, typer.Option(help="Model instances (threads calling the runtime).")] = 1,
     topk: Annotated[int, typer.Option(help="Classes returned by NAME_image.")] = 5,
     backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime | tensorrt.")] = "auto",
@@ -44,7 +44,7 @@ def serve_command(
 
     options = ServeOptions(
         name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, dynamic_batching=dynamic_batching,
+        max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, dynamic_batching=not no_dynamic_batching,
         instances=instances, topk=topk, exit_timeout_s=exit_timeout, log_file=log_file,
     )
     options.check()  # before loading the artifact

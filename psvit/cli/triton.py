@@ -53,9 +53,9 @@ def triton_command(
     kind: Annotated[InstanceKind, typer.Option(
         help="Instance kind of the model: auto = GPU for engines, CPU for ONNX.")] = InstanceKind.auto,
     topk: Annotated[int, typer.Option(help="Classes returned by the NAME_image ensemble.")] = 5,
-    image_models: Annotated[bool, typer.Option(
-        "--image-models/--no-image-models",
-        help="Also write the preprocessing/top-k Python models and the NAME_image ensemble.")] = True,
+    no_image_models: Annotated[bool, typer.Option(
+        "--no-image-models", help="Leave out the preprocessing/top-k Python models and the NAME_image "
+        "ensemble (they need Pillow in the server's Python).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace model folders that exist.")] = False,
 ) -> None:
     """Write a Triton model repository: config.pbtxt from the artifact, labels, provenance, image ensemble."""
@@ -65,7 +65,7 @@ def triton_command(
     result = write_repository(
         [str(a) for a in artifacts], repo, name=name, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
         instances=instances, preferred_batch=parse_sizes(preferred_batch, "--preferred-batch"), kind=kind.value,
-        topk=topk, image_models=image_models, force=force, command=command,
+        topk=topk, image_models=not no_image_models, force=force, command=command,
     )
     table = Table(title=f"Triton model repository {escape(str(result.path))}")
     for col in ("model", "from", "platform", "input", "output", "max batch", "image model"):
