@@ -64,13 +64,20 @@ class Repository:
 
 
 def model_names(artifacts: Sequence[str | os.PathLike], name: str | None) -> list[str]:
-    """``name`` (default ``psvit``) for one artifact; ``NAME_STEM`` per artifact for several."""
+    """``name`` (default ``psvit``) for one artifact; ``NAME_STEM`` per artifact for several (``NAME_STEM_SUFFIX``
+    where stems repeat, e.g. ``demo.onnx`` and ``demo.engine``)."""
     base = name or DEFAULT_NAME
     if not _NAME.match(base):
         raise ServeError(f"--name {base!r}: use letters, digits, '.', '_' and '-' (Triton's model names)")
     if len(artifacts) == 1:
         return [base]
-    names = [f"{base}_{re.sub(r'[^A-Za-z0-9_-]+', '_', Path(a).stem)}" for a in artifacts]
+
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
+
+    names = [f"{base}_{clean(Path(a).stem)}" for a in artifacts]
+    if len(set(names)) != len(names):
+        names = [f"{n}_{clean(Path(a).suffix.lstrip('.'))}" for n, a in zip(names, artifacts)]
     if len(set(names)) != len(names):
         raise ServeError(f"artifacts {', '.join(map(str, artifacts))} give the same model names {names}; rename "
                          f"the files or write one repository per artifact with --name")

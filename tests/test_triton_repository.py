@@ -116,6 +116,9 @@ def test_engine_repository_matches_the_artifact(demo_fp32_onnx, tmp_path):
     assert json.loads((repo / "eng" / "provenance.json").read_text())["sidecar"] == sidecar
     check_image_models(repo, "eng", onnx_io(onnx_path), 12, 5, sidecar["preprocess"], sidecar["class_names"])
     assert any("TensorRT-RTX" in n for n in result.notes)
+    both = write_repository([onnx_path, engine], tmp_path / "both", image_models=False)
+    assert [m.name for m in both.models] == ["psvit_demo_onnx", "psvit_demo_engine"]
+    assert parse(tmp_path / "both" / "psvit_demo_engine" / "config.pbtxt").platform == "tensorrt_plan"
 
     # The ONNX gone: the sidecar alone, psvit-export's conventions for the output name and types, said so.
     onnx_path.unlink()

@@ -44,13 +44,15 @@ def main(argv: list[str] | None = None) -> int:
 
     Typer/click handle usage errors themselves (exit 2 with the usage line).
     """
+    from rich.markup import escape
+
     from .console import err_console
 
     _register_commands()
     try:
         app(args=argv, prog_name="psvit-export")
     except PSViTError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # keep [extras] in pip hints
         return 2
     except SystemExit as exc:  # click ends standalone runs with sys.exit
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
