@@ -155,8 +155,9 @@ def serve(rt: Any, options: ServeOptions = ServeOptions(), log: Callable[[str], 
     classes = int(rt.infer(np.zeros((1, c, h, w), np.float32)).shape[1])  # also warms the backend up
     topk = min(options.topk, classes)
     image_ok = rt.backend.preprocess is not None
-    # One Runtime shared by the instances where its backend runs concurrent calls in parallel (ONNX Runtime
-    # CPU); GPU backends serialise calls per Runtime, so there each instance would need its own to overlap.
+    # The instances share this one Runtime: ONNX Runtime on CPU runs concurrent calls in parallel; GPU
+    # backends serialise calls per Runtime (rt.info()["thread_safety"]), so there more instances overlap only
+    # the Python work around the calls.
     for option, port in (("--http-port", options.http_port), ("--grpc-port", options.grpc_port),
                          ("--metrics-port", options.metrics_port)):
         check_port_free(options.host, port, option)
