@@ -137,6 +137,17 @@ class _Target:
             return await client.get_model_metadata(self.model, as_json=True)
         return await client.get_model_metadata(self.model)
 
+    async def settled_statistics(self, client: Any, tries: int = 40, pause_s: float = 0.05) -> dict[str, float]:
+        """Statistics once two reads agree: Triton records a request just after answering it."""
+        last = await self.statistics(client)
+        for _ in range(tries):
+            await asyncio.sleep(pause_s)
+            now = await self.statistics(client)
+            if now == last:
+                break
+            last = now
+        return last
+
     async def statistics(self, client: Any) -> dict[str, float]:
         if self.protocol == "grpc":
             raw = await client.get_inference_statistics(self.model, as_json=True)
@@ -219,7 +230,7 @@ async def _level(target: _Target, clients: list[Any], probe: Any, c: int, reques
     for r in range(warmup):  # every client ``warmup`` times (connections opened, first batches formed), not counted
         await asyncio.gather(*(target.infer(cl, in_name, pool[rows(i)], datatype, out_name, f"warmup-{r}-{i}")
                                for i, cl in enumerate(clients)))
-    before = await target.statistics(probe)
+    before = await target.settled_statistics(probe)
     latencies: list[float] = []
     errors: list[str] = []
     checked = mismatches = 0
@@ -253,7 +264,7 @@ async def _level(target: _Target, clients: list[Any], probe: Any, c: int, reques
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(cl) for cl in clients))
     seconds = time.perf_counter() - t0
-    after = await target.statistics(probe)
+    after = await target.settled_statistics(probe)
     if not latencies:
         raise LoadTestError(f"concurrency {c}: no request was sent; raise --requests or --duration")
     stats = latency_stats(latencies, 1)

@@ -147,17 +147,17 @@ class BundledTritonServer(_LoggedProcess):
 
         import tritonclient.http as http
 
-        client = http.InferenceServerClient(self.http)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: {self.log()}")
-            try:
-                if all(client.is_model_ready(m) for m in models):
-                    return
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            time.sleep(0.25)
+        with http.InferenceServerClient(self.http) as client:  # closed: Triton's shutdown waits for connections
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: {self.log()}")
+                try:
+                    if all(client.is_model_ready(m) for m in models):
+                        return
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+                time.sleep(0.25)
         raise TimeoutError(f"models {models} not ready after {timeout} s: {self.log()}")
 
     def stop(self, timeout: float = 60.0) -> int:

@@ -252,4 +252,4 @@ def test_image_ensemble_runs_on_a_real_tritonserver(demo_fp32_onnx, tmp_path):
         client.close()  # Triton's shutdown waits for open HTTP connections
     finally:
         code = server.stop()
-        assert code == 0, server.log()
+    assert code == 0, server.log()
