@@ -87,7 +87,7 @@ def parse_concurrency(text: str | Sequence[int]) -> list[int]:
 def _client_module(protocol: str) -> Any:
     if protocol not in PROTOCOLS:
         raise LoadTestError(f"--protocol {protocol!r}: use http or grpc")
-    return require(f"tritonclient.{protocol}.aio", f"'psvit-deploy[serve]'", "the load generator")
+    return require(f"tritonclient.{protocol}.aio", "'psvit-deploy[serve]'", "the load generator")
 
 
 def _strip_scheme(url: str) -> str:

@@ -113,9 +113,11 @@ def _engine_notes(facts: ModelFacts) -> list[str]:
         return [f"{facts.path.name} is a TensorRT-RTX {version} plan: Triton's tensorrt_plan backend runs plans of "
                 f"its own TensorRT, so stock Triton will not load it; build with `psvit-export trt --builder "
                 f"tensorrt` in the Triton release's container for a stock server"]
+    targets = sidecar.get("target", {}).get("compute_capabilities", [])
+    capability = sidecar.get("compute_capability") or ", ".join(targets)
     return [f"{facts.path.name} was built with TensorRT {version}: use the Triton release whose TensorRT is "
             f"{version} (plans load only in the TensorRT version that built them) on a GPU of compute capability "
-            f"{sidecar.get('compute_capability') or ', '.join(sidecar.get('target', {}).get('compute_capabilities', []))}"]
+            f"{capability}"]
 
 
 def _write_vendored(version_dir: Path) -> None:
@@ -222,7 +224,7 @@ def write_repository(
                 (ens / "1").mkdir(parents=True)  # an ensemble needs a version folder, even an empty one
                 (ens / "config.pbtxt").write_text(pbtxt.render(pbtxt.ensemble_config(
                     folders["image"], model_name, folders["preprocess"], folders["postprocess"], facts, mb, k)))
-            for role, folder in folders.items():
+            for folder in folders.values():
                 pbtxt.parse(stage / folder / "config.pbtxt")  # reads back: a malformed file fails here
                 staged.append((stage / folder, repo / folder))
             result.models.append(RepositoryModel(model_name, artifact, facts,

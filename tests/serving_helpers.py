@@ -131,7 +131,8 @@ class BundledTritonServer(_LoggedProcess):
         self.log_path = work / "tritonserver.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [str(dist / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={dist / 'backends'}",
+            [str(dist / "bin" / "tritonserver"), f"--model-repository={repo}",
+             f"--backend-directory={dist / 'backends'}",
              "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
              f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
              "--exit-timeout-secs=10"],

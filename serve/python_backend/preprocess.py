@@ -6,7 +6,6 @@ image gets an error of its own; the other requests of the batch are answered.
 """
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 from psvit_vendored.errors import PSViTError
 from psvit_vendored.preprocessing import Preprocess, decode_image
