@@ -230,6 +230,9 @@ def test_loadtest_sweeps_both_protocols_and_checks_every_response(server, rt, tm
 
     off = run_loadtest(server.http, concurrency=[3], requests=11, reference=Off())
     assert off.mismatches == 11
+    timed = run_loadtest(server.http, concurrency=[2], duration=0.5, reference=rt)
+    (lv,) = timed.levels
+    assert lv.requests >= 1 and lv.checked == lv.requests and lv.mismatches == 0 and lv.errors == 0
 
     out = tmp_path / "sweep.json"
     code = main(["loadtest", server.http, "--concurrency", "2", "--requests", "9", "--reference",
