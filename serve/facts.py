@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..provenance import sha256_file
-from ..runtime.api import ENGINE_SUFFIXES
 from .errors import ServeError
 
 # ONNX TensorProto element types -> Triton data types (the only ones an image classifier of ours carries).
@@ -141,11 +140,13 @@ def read_engine_facts(path: str | os.PathLike) -> ModelFacts:
 
 
 def read_facts(path: str | os.PathLike) -> ModelFacts:
-    """Facts of an ``.onnx`` file or an engine (``.engine``/``.plan``/``.trt`` with its sidecar)."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".onnx":
+    """Facts of an ``.onnx`` file or an engine (with its sidecar); the runtime's detector tells which."""
+    from ..runtime.api import artifact_kind
+
+    kind = artifact_kind(path)
+    if kind == "onnxruntime":
         return read_onnx_facts(path)
-    if suffix in ENGINE_SUFFIXES:
+    if kind == "tensorrt":
         return read_engine_facts(path)
-    raise ServeError(f"{path}: a Triton repository is made from an .onnx file or an engine "
-                     f"({', '.join(ENGINE_SUFFIXES)}); export one with `psvit-export onnx` or `psvit-export trt`")
+    raise ServeError(f"{path}: a Triton repository is made from an .onnx file or an engine, not a {kind} "
+                     f"artifact; export one with `psvit-export onnx` or `psvit-export trt`")

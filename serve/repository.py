@@ -36,9 +36,9 @@ FORMAT = "psvit-triton/1"
 DEFAULT_NAME = "psvit"
 DEFAULT_MAX_BATCH = 32  # for ONNX with a dynamic batch; engines default to their profile's max
 DEFAULT_TOPK = 5
-# The psvit modules the Python-backend models import, copied verbatim as the package ``psvit_vendored``.
-VENDORED = (("psvit", "errors.py"), ("psvit", "preprocessing.py"), ("psvit.runtime", "errors.py"),
-            ("psvit.runtime", "predict.py"))
+# The psvit modules the Python-backend models import; they and the psvit modules they import at module level
+# (followed through relative imports) are copied verbatim as the package ``psvit_vendored``.
+VENDORED_ROOTS = ("psvit.preprocessing", "psvit.runtime.predict")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -120,14 +120,41 @@ def _engine_notes(facts: ModelFacts) -> list[str]:
             f"{capability}"]
 
 
+def _module_source(module: str) -> str:
+    package, _, name = module.rpartition(".")
+    return resources.files(package).joinpath(f"{name}.py").read_text()
+
+
+def vendored_modules(roots: Sequence[str] = VENDORED_ROOTS) -> list[str]:
+    """``roots`` and every psvit module they import at module level through relative imports, transitively."""
+    import ast
+
+    seen: list[str] = []
+    todo = list(roots)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.append(module)
+        package = module.rpartition(".")[0].split(".")
+        for node in ast.parse(_module_source(module)).body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - node.level + 1]
+                if node.module:
+                    todo.append(".".join([*base, node.module]))
+                else:
+                    todo.extend(".".join([*base, alias.name]) for alias in node.names)
+    return sorted(seen)
+
+
 def _write_vendored(version_dir: Path) -> None:
-    """Copy the psvit modules the Python-backend models need into ``version_dir/psvit_vendored``."""
+    """Copy :func:`vendored_modules` into ``version_dir/psvit_vendored`` (``psvit.x.y`` -> ``psvit_vendored/x/y.py``)."""
     target = version_dir / "psvit_vendored"
-    for package, module in VENDORED:
-        dst = target.joinpath(*package.split(".")[1:], module)  # psvit.runtime -> psvit_vendored/runtime
+    for module in vendored_modules():
+        dst = target.joinpath(*module.split(".")[1:]).with_suffix(".py")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_text(resources.files(package).joinpath(module).read_text())
-    for pkg in (target, target / "runtime"):
+        dst.write_text(_module_source(module))
+    for pkg in [target, *(d for d in target.rglob("*") if d.is_dir())]:
         (pkg / "__init__.py").write_text('"""Copied from psvit-deploy by psvit-export triton; do not edit."""\n')
 
 

@@ -91,6 +91,15 @@ def test_onnx_repository_matches_the_artifact(demo_fp32_onnx, tmp_path):
     assert prov["artifact_sha256"] == sha256_file(demo_fp32_onnx) and prov["psvit.preprocess"] == preprocess
     check_image_models(repo, "psvit", onnx_io(demo_fp32_onnx), 32, 3, preprocess, names)
     assert result.models[0].max_batch == 32 and not result.notes
+    # The Python models carry psvit's own modules, unchanged, and every psvit module those import.
+    import importlib
+
+    vendored = repo / "psvit_preprocess" / "1" / "psvit_vendored"
+    copied = {".".join(("psvit", *f.relative_to(vendored).with_suffix("").parts)): f
+              for f in vendored.rglob("*.py") if f.name != "__init__.py"}
+    assert {"psvit.preprocessing", "psvit.runtime.predict", "psvit.errors"} <= set(copied)
+    for module, f in copied.items():
+        assert f.read_text() == Path(importlib.import_module(module).__file__).read_text()
 
 
 @pytest.mark.trt
