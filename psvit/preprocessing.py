@@ -28,6 +28,9 @@ INTERPOLATIONS: dict[str, Image.Resampling] = {
 ImageLike = Union[Image.Image, np.ndarray]
 
 
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read an image file as 8-bit RGB; :func:`to_rgb` says how other depths and modes are scaled.
 
@@ -43,10 +46,26 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"image file {path} does not exist") from None
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except _UNREADABLE as exc:
         raise DataError(
             f"{path} is not a readable image ({type(exc).__name__}: {exc}); remove it or re-save it as PNG/JPEG"
         ) from exc
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Encoded image bytes (PNG, JPEG, anything PIL reads) as RGB, converted as :func:`load_image` does.
+
+    Bytes that are not a readable image raise :class:`DataError`.
+    """
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_rgb(img)
+    except _UNREADABLE as exc:
+        raise DataError(f"the {len(data)} bytes sent are not a readable image ({type(exc).__name__}: {exc}); "
+                        f"send PNG or JPEG file contents") from exc
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import require
 from ..provenance import atomic_output
@@ -35,9 +36,16 @@ def plot_report(report: BenchReport, path: str | os.PathLike, phase: str = "end_
     gpu = report.machine.get("gpu")
     fig.suptitle(f"{phase.replace('_', '-')} latency on {gpu or report.machine.get('processor', 'this machine')}")
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Save ``fig`` (format from the suffix, PNG by default) and close it; a failed save leaves no file."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     try:
-        with atomic_output(path, suffix=path.suffix) as tmp:  # a failed save leaves no half-written image
+        with atomic_output(path, suffix=path.suffix) as tmp:
             fig.savefig(tmp, dpi=120, format=path.suffix[1:].lower() or "png")
     finally:
         plt.close(fig)

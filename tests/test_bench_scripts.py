@@ -18,7 +18,7 @@ def script(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency"])
+@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency", "triton_serving"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         script(name).main(["--help"])

@@ -19,7 +19,7 @@ except ImportError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 # Top-level folders with Python code that are deliberately not installed.
-NOT_INSTALLED = {"tests", "benchmarks", "scripts", "build", "dist"}
+NOT_INSTALLED = {"tests", "benchmarks", "scripts", "examples", "build", "dist"}
 
 
 def _setuptools() -> dict:

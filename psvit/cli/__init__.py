@@ -12,7 +12,7 @@ from ..errors import PSViTError
 app = typer.Typer(
     name="psvit-export",
     help="PSViT deployment toolchain: model info, data, training, ONNX/FP16/INT8 export with verification, "
-    "TensorRT engines, benchmarks and the end-to-end demo.",
+    "TensorRT engines, benchmarks, Triton serving and the end-to-end demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -27,6 +27,7 @@ def _root() -> None:
 
 # Imported for their side effect of adding commands to ``app`` (after ``app`` exists).
 from . import info, data, train, onnx, compare, inspect, trt, calibrate, bench, demo  # noqa: E402,F401
+from . import triton, serve, loadtest  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +35,14 @@ def main(argv: list[str] | None = None) -> int:
 
     Typer/click handle usage errors themselves (exit 2 with the usage line).
     """
+    from rich.markup import escape
+
     from .console import err_console
 
     try:
         app(args=argv, prog_name="psvit-export")
     except PSViTError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # keep [extras] in pip hints
         return 2
     except SystemExit as exc:  # click ends standalone runs with sys.exit
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
