@@ -22,3 +22,7 @@ class QueueFullError(PSViTError):
 
 class BatcherClosedError(PSViTError):
     """A request submitted to a micro-batcher after :meth:`Batcher.close`."""
+
+
+class OutputError(PSViTError):
+    """A prediction output that exists (and neither resume nor force was asked), or cannot be resumed."""

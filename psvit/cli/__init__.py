@@ -28,6 +28,7 @@ def _register_commands() -> None:
     from . import trt  # noqa: F401
     from . import calibrate  # noqa: F401
     from . import bench  # noqa: F401
+    from . import predict  # noqa: F401
     from . import demo  # noqa: F401
 
 

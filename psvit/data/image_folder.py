@@ -35,6 +35,16 @@ def _visible_path(rel: Path) -> bool:
     return not any(part.startswith(".") for part in rel.parts)
 
 
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive, by extension case-insensitive, hidden files and folders
+    skipped), sorted."""
+    folder = Path(folder)
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and _visible_path(p.relative_to(folder)) and p.is_file()
+    )
+
+
 def scan_image_folder(root: str | os.PathLike) -> FolderIndex:
     """List the class subfolders and their image files (by extension, case-insensitive), sorted."""
     root = Path(root)
@@ -52,10 +62,7 @@ def scan_image_folder(root: str | os.PathLike) -> FolderIndex:
     labels: list[int] = []
     for label, name in enumerate(classes):
         folder = root / name
-        found = sorted(
-            p for p in folder.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and _visible_path(p.relative_to(folder)) and p.is_file()
-        )
+        found = image_files(folder)
         files.extend(p.relative_to(root) for p in found)
         labels.extend([label] * len(found))
     if not files:
