@@ -137,6 +137,10 @@ def predict_to_file(
         fmt = output_format(out, fmt)
         out = Path(out)
         continuing = check_output(out, fmt, resume=resume, force=force)
+    if ray is not None:
+        from .ray_predict import require_ray
+
+        require_ray()
     paths = find_images(inputs)
     identity = {**_artifact_identity(artifact), "topk": topk, "format": fmt}
     if out is None:
@@ -151,7 +155,12 @@ def predict_to_file(
                 remove_output(out)
             record = {"kind": "psvit-predictions", **identity, "created": _now(), "runs": []}
             _write_record(record_path, record)  # before the output exists: an output without it is not ours
-        writer = open_output(out, fmt, topk, resume=continuing)
+        try:
+            writer = open_output(out, fmt, topk, resume=continuing)
+        except BaseException:
+            if not continuing:
+                record_path.unlink(missing_ok=True)
+            raise
     workers = default_loader_workers() if loader_workers is None else loader_workers
     todo = [p for p in paths if p not in writer.done]
     summary = PredictSummary(

@@ -46,7 +46,7 @@ def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise OutputError(f"cannot tell the format of {path} from its suffix; name it *.jsonl, *.csv or "
-                          f"*.parquet, or pass the format")
+                          f"*.parquet, or pass --format")
     return FORMATS[suffix]
 
 
@@ -71,6 +71,8 @@ def check_output(path: str | os.PathLike, fmt: str, *, resume: bool, force: bool
         raise OutputError("--resume continues the output and --force replaces it; pass only one of them")
     path = Path(path)
     check_output_folder(path, OutputError)
+    if fmt == "parquet":
+        _import_arrow()
     if not output_exists(path):
         return False
     if fmt == "parquet" and not path.is_dir() or fmt != "parquet" and path.is_dir():
@@ -274,12 +276,12 @@ def _parts(path: Path) -> list[Path]:
 
 
 class ParquetWriter(PredictionWriter):
-    def __init__(self, path: Path, topk: int, resume: bool, rows_per_part: int = PARQUET_ROWS_PER_PART,
-                 seconds_per_part: float = PARQUET_SECONDS_PER_PART) -> None:
+    def __init__(self, path: Path, topk: int, resume: bool, rows_per_part: int | None = None,
+                 seconds_per_part: float | None = None) -> None:
         super().__init__(path, topk)
         self.pa, self.pq = _import_arrow()
-        self.rows_per_part = rows_per_part
-        self.seconds_per_part = seconds_per_part
+        self.rows_per_part = rows_per_part or PARQUET_ROWS_PER_PART
+        self.seconds_per_part = seconds_per_part or PARQUET_SECONDS_PER_PART
         self._buffer: list[dict[str, Any]] = []
         self._since = time.monotonic()
         if resume:

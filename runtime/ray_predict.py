@@ -51,7 +51,8 @@ class RaySettings:
     local_object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES
 
 
-def _ray() -> Any:
+def require_ray() -> Any:
+    """The ``ray`` module with Ray Data usable, or a MissingDependencyError naming the pip command."""
     from ..errors import require
 
     ray = require("ray", PIP_EXTRA, "--ray (Ray Data)")
@@ -61,7 +62,7 @@ def _ray() -> Any:
 
 def connect(settings: RaySettings) -> bool:
     """Join or start the cluster; True when this call started it (and the caller should shut it down)."""
-    ray = _ray()
+    ray = require_ray()
     if ray.is_initialized():
         return False
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
@@ -199,7 +200,7 @@ class RayPredictionStream:
         return actors, gpus, s.cpus_per_actor, options
 
     def _run(self) -> Iterator[list[FileResult]]:
-        ray = _ray()
+        ray = require_ray()
         from ray.data import ActorPoolStrategy
 
         start = time.perf_counter()
