@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -101,23 +102,14 @@ def predict_batch(runtime: Runtime, items: Sequence[tuple[str, str | None]], pix
     return [FileResult(p, next(preds)) if err is None else FileResult(p, error=err) for p, err in items]
 
 
-class PredictionStream:
-    """Iterate for :class:`FileResult` in input order (or :meth:`batches` for one list per batch).
+class ResultStream(ABC):
+    """Results of image files, batch by batch: iterate for :class:`FileResult` (or :meth:`batches` for one
+    list per batch); ``stats`` fills as they come. Use it as a context manager (or call :meth:`close`) to
+    stop its workers when leaving early."""
 
-    Use it as a context manager (or call :meth:`close`) to stop the loader workers when leaving early.
-    """
-
-    def __init__(self, runtime: Runtime, paths: Sequence[str], *, topk: int = 5, batch: int = DEFAULT_BATCH,
-                 loader_workers: int | None = None, close_runtime: bool = False) -> None:
-        check_run_settings(topk, batch, loader_workers)
-        self.runtime = runtime
+    def __init__(self, paths: Sequence[str]) -> None:
         self.paths = list(paths)
-        self.topk = topk
-        self.batch = batch
-        self.loader_workers = default_loader_workers() if loader_workers is None else loader_workers
-        self.preprocess = preprocessor(runtime.backend.preprocess, runtime.input_shape)
         self.stats = PredictStats()
-        self.close_runtime = close_runtime
         self._batches: Iterator[list[FileResult]] | None = None
 
     def __len__(self) -> int:
@@ -131,6 +123,44 @@ class PredictionStream:
     def __iter__(self) -> Iterator[FileResult]:
         for results in self.batches():
             yield from results
+
+    @abstractmethod
+    def _run(self) -> Iterator[list[FileResult]]:
+        """The batches; a generator whose ``finally`` releases the workers."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The runtime's facts (``Runtime.info()``) and, where it applies, the cluster's."""
+
+    def _count(self, results: Sequence[FileResult]) -> None:
+        self.stats.batches += 1
+        self.stats.failed += sum(1 for r in results if not r.ok)
+        self.stats.images += sum(1 for r in results if r.ok)
+
+    def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> "ResultStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PredictionStream(ResultStream):
+    """Results in input order; loader worker processes decode the next batches while this thread infers."""
+
+    def __init__(self, runtime: Runtime, paths: Sequence[str], *, topk: int = 5, batch: int = DEFAULT_BATCH,
+                 loader_workers: int | None = None, close_runtime: bool = False) -> None:
+        check_run_settings(topk, batch, loader_workers)
+        super().__init__(paths)
+        self.runtime = runtime
+        self.topk = topk
+        self.batch = batch
+        self.loader_workers = default_loader_workers() if loader_workers is None else loader_workers
+        self.preprocess = preprocessor(runtime.backend.preprocess, runtime.input_shape)
+        self.close_runtime = close_runtime
 
     def _run(self) -> Iterator[list[FileResult]]:
         stats, rt = self.stats, self.runtime
@@ -146,11 +176,9 @@ class PredictionStream:
                 t1 = time.perf_counter()
                 results = predict_batch(rt, b.items, b.pixels, self.topk)
                 stats.infer_s += time.perf_counter() - t1
-                stats.batches += 1
                 stats.decode_s += b.decode_s
                 stats.preprocess_s += b.preprocess_s
-                stats.failed += sum(1 for r in results if not r.ok)
-                stats.images += sum(1 for r in results if r.ok)
+                self._count(results)
                 stats.wall_s = time.perf_counter() - start
                 yield results
         finally:
@@ -161,16 +189,9 @@ class PredictionStream:
 
     def close(self) -> None:
         """Stop the loader workers (and close the runtime if this stream was told to own it)."""
-        if self._batches is not None:
-            self._batches.close()  # type: ignore[attr-defined]
+        super().close()
         if self.close_runtime:
             self.runtime.close()
-
-    def __enter__(self) -> "PredictionStream":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def predict_files(runtime: Runtime, inputs: Sequence[str | os.PathLike], *, topk: int = 5,

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from .api import artifact_kind
 from .errors import BackendError
-from .file_predict import DEFAULT_BATCH, FileResult, PredictStats, check_run_settings, predict_batch
+from .file_predict import DEFAULT_BATCH, FileResult, ResultStream, check_run_settings, predict_batch
 from .predict import Prediction
 
 LOCAL = "local"
@@ -73,8 +74,8 @@ def connect(settings: RaySettings) -> bool:
         else:
             ray.init(address=settings.address, **quiet)
     except (ConnectionError, TimeoutError, ValueError) as exc:
-        raise BackendError(f"cannot reach the Ray cluster at {settings.address!r} ({exc}); start one with "
-                           f"'ray start --head', or use --ray local for a cluster on this machine") from exc
+        raise BackendError(f"cannot reach the Ray cluster at {settings.address!r} ({exc}); --ray takes 'local', "
+                           f"'auto' or a cluster address (start one with 'ray start --head')") from exc
     return True
 
 
@@ -145,39 +146,22 @@ def _facts(artifact: str, backend: str, device: str | None, options: dict[str, A
         return {"preprocess": dict(rt.backend.preprocess), "info": rt.info()}
 
 
-class RayPredictionStream:
-    """Like :class:`PredictionStream` (``batches()``, iteration, ``stats``, ``close()``), on Ray.
-
-    Results arrive in completion order, not input order.
-    """
+class RayPredictionStream(ResultStream):
+    """:class:`PredictionStream`'s results computed on Ray; they arrive in completion order, not input order."""
 
     def __init__(self, artifact: str | os.PathLike, paths: Sequence[str], *, topk: int = 5,
                  batch: int = DEFAULT_BATCH, backend: str = "auto", device: str | None = None,
                  options: dict[str, Any] | None = None, settings: RaySettings | None = None) -> None:
         check_run_settings(topk, batch)
+        super().__init__(paths)
         self.artifact = str(artifact)
-        self.paths = list(paths)
         self.topk, self.batch, self.backend, self.device = topk, batch, backend, device
         self.options = dict(options or {})
         self.settings = settings or RaySettings()
-        self.stats = PredictStats()
         self.info: dict[str, Any] = {}
         self.cluster: dict[str, Any] = {}
         self.startup_s = 0.0  # joining or starting the cluster and loading the artifact once for its facts
         self._started = False
-        self._batches: Iterator[list[FileResult]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def batches(self) -> Iterator[list[FileResult]]:
-        if self._batches is None:
-            self._batches = self._run()
-        return self._batches
-
-    def __iter__(self) -> Iterator[FileResult]:
-        for results in self.batches():
-            yield from results
 
     def _plan(self, ray: Any) -> tuple[int, float, float, dict[str, Any]]:
         """(actors, GPUs per actor, CPUs per actor, runtime options) for this cluster."""
@@ -195,7 +179,7 @@ class RayPredictionStream:
         if actors < 1:
             raise BackendError(f"the number of Ray actors must be at least 1, got {actors}")
         options = dict(self.options)
-        if gpus == 0 and "threads" not in options and self.backend in ("auto", "torch", "onnxruntime"):
+        if gpus == 0 and "threads" not in options and artifact_kind(self.artifact) != "tensorrt":
             options["threads"] = max(1, int(s.cpus_per_actor))  # CPU actors share the node's cores
         return actors, gpus, s.cpus_per_actor, options
 
@@ -235,9 +219,7 @@ class RayPredictionStream:
                 if b is None:
                     break
                 results = [_from_json(r) for r in b["record"]]
-                stats.batches += 1
-                stats.images += sum(1 for r in results if r.ok)
-                stats.failed += sum(1 for r in results if not r.ok)
+                self._count(results)
                 stats.decode_s += float(np.sum(b["decode_s"]))
                 stats.preprocess_s += float(np.sum(b["preprocess_s"]))
                 stats.infer_s += float(np.sum(b["infer_s"]))
@@ -250,16 +232,6 @@ class RayPredictionStream:
 
     def describe(self) -> dict[str, Any]:
         return {**self.info, "cluster": self.cluster}
-
-    def close(self) -> None:
-        if self._batches is not None:
-            self._batches.close()  # type: ignore[attr-defined]
-
-    def __enter__(self) -> "RayPredictionStream":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _unwrap(ray: Any, fn: Any) -> Any:

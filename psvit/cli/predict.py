@@ -87,7 +87,7 @@ def predict_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
     ray: Annotated[Optional[str], typer.Option(
         "--ray", metavar="ADDRESS", help="Run on Ray Data: 'local' starts a cluster on this machine, 'auto' "
-                                         "joins this node's cluster, or ray://HOST:10001.")] = None,
+                                         "joins this node's cluster, or HOST:6379 / ray://HOST:10001.")] = None,
     ray_actors: Annotated[Optional[int], typer.Option(
         "--ray-actors", min=1, show_default="one per GPU, else per CPU",
         help="Inference actors (each loads the artifact once).")] = None,
