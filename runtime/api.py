@@ -45,7 +45,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str | None = No
         chunk: the most rows per backend call where the artifact allows any (bounds memory); None: all.
         options: backend options — PyTorch: ``precision`` (fp32/fp16/bf16), ``cuda_graphs``, ``variant``,
             ``seed``, ``fused_attention``, ``threads`` (process-wide in PyTorch); ONNX Runtime: ``providers``,
-            ``threads``, ``profiling``, ``cuda_graph``, ``optimized_model_path``; TensorRT: ``profiling``.
+            ``threads``, ``spinning``, ``profiling``, ``cuda_graph``, ``optimized_model_path``; TensorRT:
+            ``profiling``.
     """
     if backend not in ("auto", *BACKENDS):
         raise BackendError(f"unknown backend {backend!r}; use auto, {', '.join(BACKENDS)}")

@@ -35,6 +35,19 @@ def default_loader_workers() -> int:
     return max(1, min(8, cpus // 2))
 
 
+def throughput_options(artifact: str | os.PathLike, options: dict[str, Any]) -> dict[str, Any]:
+    """Backend options for a throughput run: ONNX Runtime's intra-op threads sleep between operators
+    instead of spin-waiting (unless ``options`` says otherwise), so that they leave the cores to the
+    loader workers (or other actors). Measured on 2 cores (benchmarks/predict_throughput.py, demo model,
+    400 px JPEGs, machine loaded by other jobs): spinning off gave 169 vs 101 images/s in one thread and
+    162 vs 114 with 2 loader workers."""
+    from .api import artifact_kind
+
+    if artifact_kind(artifact) == "onnxruntime" and "spinning" not in options:
+        return {**options, "spinning": False}
+    return dict(options)
+
+
 def check_run_settings(topk: int, batch: int, loader_workers: int | None = None) -> None:
     """Refuse settings that cannot work before any file is read or any model is loaded."""
     if topk < 1:
@@ -200,7 +213,9 @@ def predict_files(runtime: Runtime, inputs: Sequence[str | os.PathLike], *, topk
     """A :class:`PredictionStream` over the image files of ``inputs`` (files, folders, glob patterns).
 
     Args:
-        runtime: from :func:`psvit.runtime.load`; its recorded preprocessing prepares the images.
+        runtime: from :func:`psvit.runtime.load`; its recorded preprocessing prepares the images. For
+            ONNX Runtime, ``load(path, spinning=False)`` leaves the cores to the loader workers
+            (:func:`throughput_options`).
         topk: classes per image, most probable first.
         batch: images per inference call (and per loader task).
         loader_workers: decoding processes; 0 decodes in this thread; None: half the CPUs.

@@ -211,9 +211,9 @@ def _open_stream(artifact: str | os.PathLike, paths: list[str], *, topk: int, ba
         return RayPredictionStream(artifact, paths, topk=topk, batch=batch, backend=backend, device=device,
                                    options=options, settings=ray)
     from .api import load
-    from .file_predict import PredictionStream
+    from .file_predict import PredictionStream, throughput_options
 
-    runtime = load(artifact, backend, device, **options)
+    runtime = load(artifact, backend, device, **throughput_options(artifact, options))
     return PredictionStream(runtime, paths, topk=topk, batch=batch, loader_workers=workers, close_runtime=True)
 
 

@@ -27,7 +27,9 @@ import numpy as np
 
 from .api import artifact_kind
 from .errors import BackendError
-from .file_predict import DEFAULT_BATCH, FileResult, ResultStream, check_run_settings, predict_batch
+from .file_predict import (
+    DEFAULT_BATCH, FileResult, ResultStream, check_run_settings, predict_batch, throughput_options,
+)
 from .predict import Prediction
 
 LOCAL = "local"
@@ -178,7 +180,7 @@ class RayPredictionStream(ResultStream):
             actors = max(1, int(resources.get("CPU", 1) // s.cpus_per_actor))
         if actors < 1:
             raise BackendError(f"the number of Ray actors must be at least 1, got {actors}")
-        options = dict(self.options)
+        options = throughput_options(self.artifact, self.options)
         if gpus == 0 and "threads" not in options and artifact_kind(self.artifact) != "tensorrt":
             options["threads"] = max(1, int(s.cpus_per_actor))  # CPU actors share the node's cores
         return actors, gpus, s.cpus_per_actor, options

@@ -199,3 +199,16 @@ def test_grayscale_palette_and_rgba_files_predict_like_runtime_predict(runtime, 
     assert all(r.ok for r in results)
     for r, p in zip(results, paths):
         assert [x.index for x in r.predictions] == [x.index for x in runtime.predict([p], topk=2)[0]]
+
+
+def test_throughput_runs_turn_ort_spinning_off(demo_fp32_onnx):
+    from psvit.runtime.file_predict import throughput_options
+
+    assert throughput_options(demo_fp32_onnx, {"threads": 2}) == {"threads": 2, "spinning": False}
+    assert throughput_options(demo_fp32_onnx, {"spinning": True}) == {"spinning": True}  # the caller's choice
+    assert throughput_options("demo", {}) == {}  # PyTorch has no such option
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    with load(demo_fp32_onnx, spinning=False) as quiet, load(demo_fp32_onnx) as default:
+        options = quiet.backend.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        np.testing.assert_array_equal(quiet.infer(x), default.infer(x))

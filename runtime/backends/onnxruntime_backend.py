@@ -103,8 +103,10 @@ class OnnxRuntimeBackend(Backend):
     """An ONNX image classifier on ONNX Runtime.
 
     Options: ``providers`` (names, aliases or ``(name, options)`` pairs; default CPU, or CUDA for
-    ``device="cuda"``), ``threads`` (intra-op threads), ``profiling`` (ORT's per-node profiler; see
-    :meth:`layer_profile`), ``cuda_graph`` (CUDA EP ``enable_cuda_graph``: one graph per batch size).
+    ``device="cuda"``), ``threads`` (intra-op threads), ``spinning`` (False: intra-op threads sleep instead
+    of spin-waiting between operators, which leaves the cores to other work such as loader processes;
+    None: ORT's default, spinning), ``profiling`` (ORT's per-node profiler; see :meth:`layer_profile`),
+    ``cuda_graph`` (CUDA EP ``enable_cuda_graph``: one graph per batch size).
     """
 
     name = "onnxruntime"
@@ -116,6 +118,7 @@ class OnnxRuntimeBackend(Backend):
         device: str | None = None,
         providers: list[ProviderSpec] | None = None,
         threads: int | None = None,
+        spinning: bool | None = None,
         profiling: bool = False,
         cuda_graph: bool = False,
         optimized_model_path: str | os.PathLike | None = None,
@@ -140,6 +143,8 @@ class OnnxRuntimeBackend(Backend):
         opts.log_severity_level = log_severity
         if threads:
             opts.intra_op_num_threads = threads
+        if spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if profiling:
             opts.enable_profiling = True
             opts.profile_file_prefix = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"psvit_ort_{path.stem}")
