@@ -68,11 +68,12 @@ def connect(settings: RaySettings) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if settings.address == LOCAL:
             cpus = settings.local_cpus or len(os.sched_getaffinity(0))
-            ray.init(num_cpus=cpus, object_store_memory=settings.local_object_store_bytes, **quiet)
+            ray.init(num_cpus=cpus, object_store_memory=settings.local_object_store_bytes, include_dashboard=False,
+                     **quiet)
         else:
             ray.init(address=settings.address, **quiet)
     except (ConnectionError, TimeoutError, ValueError) as exc:
@@ -84,6 +85,7 @@ def connect(settings: RaySettings) -> bool:
 def _quiet_ray_data(ray: Any) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller shows its own progress
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
 
 
 def _decode(batch: dict[str, np.ndarray], preprocess: dict[str, Any]) -> dict[str, np.ndarray]:
