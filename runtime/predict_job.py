@@ -100,6 +100,54 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
         tmp.write_text(text)
 
 
+class _Output:
+    """The output of one run with its run record: opened after the checks, finished or abandoned."""
+
+    def __init__(self, out: Path | None, fmt: str, topk: int, *, continuing: bool, force: bool,
+                 identity: dict[str, Any]) -> None:
+        self.out, self.continuing, self.written = out, continuing, False
+        self.record_path = run_record_path(out) if out is not None else None
+        self.record: dict[str, Any] = {}
+        if out is None:
+            self.writer: PredictionWriter = JsonlWriter(Path("-"), topk, resume=False, stream=sys.stdout)
+            return
+        if continuing:
+            self.record = _check_resumable(self.record_path, identity)
+        else:
+            if force:
+                remove_output(out)
+            self.record = {"kind": "psvit-predictions", **identity, "created": _now(), "runs": []}
+            _write_record(self.record_path, self.record)  # before the output: an output without it is not ours
+        try:
+            self.writer = open_output(out, fmt, topk, resume=continuing)
+        except BaseException:
+            self._forget()
+            raise
+
+    def write(self, results: Sequence[Any]) -> None:
+        self.writer.write(results)
+        self.written = True
+
+    def abandon(self) -> None:
+        """After a failure: keep what was written (resumable); a new output with no result is removed."""
+        self.writer.close()
+        if not self.written:
+            self._forget()
+
+    def _forget(self) -> None:
+        if self.out is not None and not self.continuing:
+            remove_output(self.out)
+            self.record_path.unlink(missing_ok=True)  # type: ignore[union-attr]
+
+    def finish(self, summary: PredictSummary) -> None:
+        self.writer.close()
+        if self.record_path is not None:
+            run = {k: v for k, v in summary.to_dict().items() if k != "failed_files"}
+            self.record["runs"].append({"finished": _now(), **run,
+                                        "versions": package_versions("torch", "onnxruntime", "ray")})
+            _write_record(self.record_path, self.record)
+
+
 def predict_to_file(
     artifact: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -132,7 +180,7 @@ def predict_to_file(
     if out is None:
         if resume or force or fmt not in (None, "jsonl"):
             raise OutputError("--resume, --force and --format need an output file: pass --out FILE")
-        fmt, continuing, record_path = "jsonl", False, None
+        fmt, continuing = "jsonl", False
     else:
         fmt = output_format(out, fmt)
         out = Path(out)
@@ -142,34 +190,16 @@ def predict_to_file(
 
         require_ray()
     paths = find_images(inputs)
-    identity = {**_artifact_identity(artifact), "topk": topk, "format": fmt}
-    if out is None:
-        record: dict[str, Any] = {}
-        writer: PredictionWriter = JsonlWriter(Path("-"), topk, resume=False, stream=sys.stdout)
-    else:
-        record_path = run_record_path(out)
-        if continuing:
-            record = _check_resumable(record_path, identity)
-        else:
-            if force:
-                remove_output(out)
-            record = {"kind": "psvit-predictions", **identity, "created": _now(), "runs": []}
-            _write_record(record_path, record)  # before the output exists: an output without it is not ours
-        try:
-            writer = open_output(out, fmt, topk, resume=continuing)
-        except BaseException:
-            if not continuing:
-                record_path.unlink(missing_ok=True)
-            raise
+    output = _Output(out, fmt, topk, continuing=continuing, force=force,
+                     identity={**_artifact_identity(artifact), "topk": topk, "format": fmt})
     workers = default_loader_workers() if loader_workers is None else loader_workers
-    todo = [p for p in paths if p not in writer.done]
+    todo = [p for p in paths if p not in output.writer.done]
     summary = PredictSummary(
-        out=str(out) if out is not None else "-", format=fmt, found=len(paths), already_done=len(paths) - len(todo), stats=PredictStats(),
-        earlier_failed=len(writer.earlier_failed), engine="local" if ray is None else "ray",
-        settings={"topk": topk, "batch": batch, "backend": backend, "device": device,
-                  "loader_workers": workers if ray is None else None, "options": options or {},
-                  "resume": continuing})
-    written = False
+        out=str(out or "-"), format=fmt, found=len(paths), already_done=len(paths) - len(todo),
+        stats=PredictStats(), earlier_failed=len(output.writer.earlier_failed),
+        engine="local" if ray is None else "ray",
+        settings={"topk": topk, "batch": batch, "backend": backend, "device": device, "options": options or {},
+                  "loader_workers": workers if ray is None else None, "resume": continuing})
     try:
         if on_start is not None:
             on_start(len(paths), len(todo))
@@ -180,8 +210,7 @@ def predict_to_file(
         with stream:
             for results in stream.batches():
                 t0 = time.perf_counter()
-                writer.write(results)
-                written = True
+                output.write(results)
                 summary.write_s += time.perf_counter() - t0
                 summary.failed.extend((r.path, r.error or "") for r in results if not r.ok)
                 if on_progress is not None:
@@ -189,17 +218,10 @@ def predict_to_file(
         summary.setup_s = t_setup - t_start + getattr(stream, "startup_s", 0.0)
         summary.runtime = stream.describe()
     except BaseException:
-        writer.close()
-        if out is not None and not continuing and not written:  # nothing to resume: leave no empty output
-            remove_output(out)
-            record_path.unlink(missing_ok=True)
+        output.abandon()
         raise
-    writer.close()
     summary.total_s = time.perf_counter() - t_start
-    if record_path is not None:
-        record["runs"].append({"finished": _now(), "versions": package_versions("torch", "onnxruntime", "ray"),
-                               **{k: v for k, v in summary.to_dict().items() if k != "failed_files"}})
-        _write_record(record_path, record)
+    output.finish(summary)
     return summary
 
 
