@@ -78,7 +78,7 @@ class PredictStats:
     ``decode_s`` and ``preprocess_s`` are summed over the loader workers (CPU seconds, overlapping with
     inference); ``infer_s`` is this thread's time in the runtime and top-k; ``wait_s`` is its time spent
     waiting for the loader (near 0 when decoding keeps up); ``wall_s`` is from the first request to the
-    last result.
+    last result, ``first_result_s`` to the first batch's results (worker or actor start-up included).
     """
 
     images: int = 0
@@ -89,6 +89,8 @@ class PredictStats:
     infer_s: float = 0.0
     wait_s: float = 0.0
     wall_s: float = 0.0
+    first_result_s: float = 0.0
+    first_batch_files: int = 0
 
     @property
     def files(self) -> int:
@@ -98,13 +100,15 @@ class PredictStats:
     def images_per_s(self) -> float:
         return self.files / self.wall_s if self.wall_s > 0 else 0.0
 
-    def add(self, other: "PredictStats") -> None:
-        """Sum ``other`` into this (several streams or workers of one run)."""
-        for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
+    @property
+    def steady_images_per_s(self) -> float:
+        """Files per second after the first batch: the rate without the start-up."""
+        rest = self.wall_s - self.first_result_s
+        return (self.files - self.first_batch_files) / rest if rest > 0 and self.batches > 1 else self.images_per_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "files": self.files, "images_per_s": self.images_per_s}
+        return {**asdict(self), "files": self.files, "images_per_s": self.images_per_s,
+                "steady_images_per_s": self.steady_images_per_s}
 
 
 def predict_batch(runtime: Runtime, items: Sequence[tuple[str, str | None]], pixels: np.ndarray,
@@ -145,10 +149,15 @@ class ResultStream(ABC):
     def describe(self) -> dict[str, Any]:
         """The runtime's facts (``Runtime.info()``) and, where it applies, the cluster's."""
 
-    def _count(self, results: Sequence[FileResult]) -> None:
-        self.stats.batches += 1
-        self.stats.failed += sum(1 for r in results if not r.ok)
-        self.stats.images += sum(1 for r in results if r.ok)
+    def _count(self, results: Sequence[FileResult], start: float) -> None:
+        """Count one batch of results; ``start`` is when the stream began (``time.perf_counter()``)."""
+        s = self.stats
+        s.batches += 1
+        s.failed += sum(1 for r in results if not r.ok)
+        s.images += sum(1 for r in results if r.ok)
+        s.wall_s = time.perf_counter() - start
+        if s.batches == 1:
+            s.first_result_s, s.first_batch_files = s.wall_s, len(results)
 
     def close(self) -> None:
         if self._batches is not None:
@@ -191,8 +200,7 @@ class PredictionStream(ResultStream):
                 stats.infer_s += time.perf_counter() - t1
                 stats.decode_s += b.decode_s
                 stats.preprocess_s += b.preprocess_s
-                self._count(results)
-                stats.wall_s = time.perf_counter() - start
+                self._count(results, start)
                 yield results
         finally:
             loaded.close()

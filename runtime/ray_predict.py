@@ -223,11 +223,10 @@ class RayPredictionStream(ResultStream):
                 if b is None:
                     break
                 results = [_from_json(r) for r in b["record"]]
-                self._count(results)
                 stats.decode_s += float(np.sum(b["decode_s"]))
                 stats.preprocess_s += float(np.sum(b["preprocess_s"]))
                 stats.infer_s += float(np.sum(b["infer_s"]))
-                stats.wall_s = time.perf_counter() - start
+                self._count(results, start)
                 yield results
         finally:
             if self._started:
