@@ -48,6 +48,8 @@ def summary_table(summary) -> Table:  # noqa: ANN001 - PredictSummary, imported 
     table.add_row("setup", f"{sec['setup']:.2f} s", "finding files, loading the artifact" +
                   (", the Ray cluster" if d["engine"] == "ray" else ""))
     table.add_row("pipeline", f"{sec['pipeline']:.2f} s", "first batch asked to last result")
+    table.add_row("  first result", f"{d['stats']['first_result_s']:.2f} s",
+                  "actors starting, first batch" if d["engine"] == "ray" else "loader start-up, first batch")
     workers = d["settings"].get("loader_workers")
     where = "worker CPU seconds" if d["engine"] == "ray" or workers else "in this thread"
     table.add_row("  decode", f"{sec['decode']:.2f} s", where)
