@@ -38,9 +38,9 @@ def default_loader_workers() -> int:
 def throughput_options(artifact: str | os.PathLike, options: dict[str, Any]) -> dict[str, Any]:
     """Backend options for a throughput run: ONNX Runtime's intra-op threads sleep between operators
     instead of spin-waiting (unless ``options`` says otherwise), so that they leave the cores to the
-    loader workers (or other actors). Measured on 2 cores (benchmarks/predict_throughput.py, demo model,
-    400 px JPEGs, machine loaded by other jobs): spinning off gave 169 vs 101 images/s in one thread and
-    162 vs 114 with 2 loader workers."""
+    loader workers (or other actors). Measured on 2 cores shared with other jobs
+    (benchmarks/predict_throughput.py, 400 px JPEGs, 2 loader workers): spinning off 212 vs 138 images/s
+    for the demo model, 12.7 vs 9.4 for psvit_2d_tiny."""
     from .api import artifact_kind
 
     if artifact_kind(artifact) == "onnxruntime" and "spinning" not in options:
