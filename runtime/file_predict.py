@@ -174,7 +174,8 @@ class PredictionStream(ResultStream):
     """Results in input order; loader worker processes decode the next batches while this thread infers."""
 
     def __init__(self, runtime: Runtime, paths: Sequence[str], *, topk: int = 5, batch: int = DEFAULT_BATCH,
-                 loader_workers: int | None = None, close_runtime: bool = False) -> None:
+                 loader_workers: int | None = None, loader_timeout_s: float | None = None,
+                 close_runtime: bool = False) -> None:
         check_run_settings(topk, batch, loader_workers)
         super().__init__(paths)
         self.runtime = runtime
@@ -182,12 +183,13 @@ class PredictionStream(ResultStream):
         self.batch = batch
         self.loader_workers = default_loader_workers() if loader_workers is None else loader_workers
         self.preprocess = preprocessor(runtime.backend.preprocess, runtime.input_shape)
+        self.loader_timeout_s = loader_timeout_s
         self.close_runtime = close_runtime
 
     def _run(self) -> Iterator[list[FileResult]]:
         stats, rt = self.stats, self.runtime
         start = time.perf_counter()
-        loaded = load_batches(self.paths, self.preprocess, self.batch, self.loader_workers)
+        loaded = load_batches(self.paths, self.preprocess, self.batch, self.loader_workers, self.loader_timeout_s)
         try:
             while True:
                 t0 = time.perf_counter()
@@ -217,7 +219,7 @@ class PredictionStream(ResultStream):
 
 def predict_files(runtime: Runtime, inputs: Sequence[str | os.PathLike], *, topk: int = 5,
                   batch: int = DEFAULT_BATCH, loader_workers: int | None = None,
-                  skip: Collection[str] = ()) -> PredictionStream:
+                  loader_timeout_s: float | None = None, skip: Collection[str] = ()) -> PredictionStream:
     """A :class:`PredictionStream` over the image files of ``inputs`` (files, folders, glob patterns).
 
     Args:
@@ -227,11 +229,13 @@ def predict_files(runtime: Runtime, inputs: Sequence[str | os.PathLike], *, topk
         topk: classes per image, most probable first.
         batch: images per inference call (and per loader task).
         loader_workers: decoding processes; 0 decodes in this thread; None: half the CPUs.
+        loader_timeout_s: the longest wait for one batch from the workers (None: no limit).
         skip: paths (as :func:`find_images` spells them) to leave out, e.g. those an earlier run finished.
     """
     paths = find_images(inputs)
     if skip:
         skip = set(skip)
         paths = [p for p in paths if p not in skip]
-    return PredictionStream(runtime, paths, topk=topk, batch=batch, loader_workers=loader_workers)
+    return PredictionStream(runtime, paths, topk=topk, batch=batch, loader_workers=loader_workers,
+                            loader_timeout_s=loader_timeout_s)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError
 from ..preprocessing import Preprocess, load_image
 
 PREFETCH_BATCHES = 2  # per worker: enough to hide a slow file, bounded memory
@@ -94,18 +95,37 @@ class _Collate:
         return items, torch.from_numpy(x), decode_s, preprocess_s  # a tensor: shared memory between processes
 
 
-def load_batches(paths: Sequence[str], preprocess: Preprocess, batch: int, workers: int) -> Iterator[LoadedBatch]:
-    """Batches of ``batch`` files in the order of ``paths``; ``workers`` processes (0: in this thread)."""
+def load_batches(paths: Sequence[str], preprocess: Preprocess, batch: int, workers: int,
+                 timeout_s: float | None = None) -> Iterator[LoadedBatch]:
+    """Batches of ``batch`` files in the order of ``paths``; ``workers`` processes (0: in this thread).
+
+    ``timeout_s``: the longest wait for one batch from the workers (None: no limit; a read from a network
+    file system may legitimately take long); past it :class:`DataError` names the files of that batch.
+    """
     if not paths:
         return
     from torch.utils.data import DataLoader
 
     extra: dict[str, Any] = {"prefetch_factor": PREFETCH_BATCHES} if workers else {}
+    if workers and timeout_s:
+        extra["timeout"] = timeout_s
     loader = DataLoader(_Files(paths, preprocess), batch_size=batch, shuffle=False, num_workers=workers,
                         collate_fn=_Collate(preprocess), **extra)
     batches = iter(loader)
+    done = 0
     try:
-        for items, pixels, decode_s, preprocess_s in batches:
+        while True:
+            try:
+                items, pixels, decode_s, preprocess_s = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                if "timed out" not in str(exc):
+                    raise
+                late = paths[done:done + batch]
+                raise DataError(f"the loader workers gave no batch within {timeout_s:g} s (files {late[0]} .. "
+                                f"{late[-1]}); a read hangs: check those files or raise the timeout") from exc
+            done += len(items)
             yield LoadedBatch(items=items, pixels=pixels.numpy(), decode_s=decode_s, preprocess_s=preprocess_s)
     finally:
         del batches  # stops the worker processes now, also when the consumer stops early

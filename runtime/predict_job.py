@@ -157,6 +157,7 @@ def predict_to_file(
     topk: int = 5,
     batch: int = DEFAULT_BATCH,
     loader_workers: int | None = None,
+    loader_timeout_s: float | None = None,
     backend: str = "auto",
     device: str | None = None,
     options: dict[str, Any] | None = None,
@@ -171,7 +172,8 @@ def predict_to_file(
 
     Everything that can be checked is checked before the artifact is loaded: settings, inputs, the output
     folder, an existing output (refused unless ``resume`` or ``force``) and, on resume, that it was
-    written with the same artifact, top-k and format. ``ray``: None for this machine, or a
+    written with the same artifact, top-k and format. ``loader_timeout_s``: the longest wait for one batch
+    from the loader workers (None: no limit). ``ray``: None for this machine, or a
     :class:`psvit.runtime.ray_predict.RaySettings`. ``on_start(found, to_do)`` is called once the files
     are known, ``on_progress(done, to_do, stats)`` after every batch.
     """
@@ -203,8 +205,8 @@ def predict_to_file(
     try:
         if on_start is not None:
             on_start(len(paths), len(todo))
-        stream = _open_stream(artifact, todo, topk=topk, batch=batch, workers=workers, backend=backend,
-                              device=device, options=options or {}, ray=ray)
+        stream = _open_stream(artifact, todo, topk=topk, batch=batch, workers=workers, timeout_s=loader_timeout_s,
+                              backend=backend, device=device, options=options or {}, ray=ray)
         summary.stats = stream.stats
         t_setup = time.perf_counter()
         with stream:
@@ -226,7 +228,8 @@ def predict_to_file(
 
 
 def _open_stream(artifact: str | os.PathLike, paths: list[str], *, topk: int, batch: int, workers: int,
-                 backend: str, device: str | None, options: dict[str, Any], ray: Any) -> Any:
+                 timeout_s: float | None, backend: str, device: str | None, options: dict[str, Any],
+                 ray: Any) -> Any:
     if ray is not None:
         from .ray_predict import RayPredictionStream
 
@@ -236,7 +239,8 @@ def _open_stream(artifact: str | os.PathLike, paths: list[str], *, topk: int, ba
     from .file_predict import PredictionStream, throughput_options
 
     runtime = load(artifact, backend, device, **throughput_options(artifact, options))
-    return PredictionStream(runtime, paths, topk=topk, batch=batch, loader_workers=workers, close_runtime=True)
+    return PredictionStream(runtime, paths, topk=topk, batch=batch, loader_workers=workers,
+                            loader_timeout_s=timeout_s, close_runtime=True)
 
 
 def _now() -> str:

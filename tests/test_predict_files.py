@@ -1,6 +1,7 @@
 """Predictions over image files: discovery, the pipelined stream vs Runtime.predict, output files and resume."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from psvit.runtime.file_inputs import find_images
 from psvit.runtime.predict_job import run_record_path
 
 pytest.importorskip("onnxruntime", reason="the predictions run the demo ONNX (pip install onnxruntime)")
+LOADER_TIMEOUT_S = 120  # bounds every wait on the loader workers in these tests
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,8 @@ def test_find_images_refuses_inputs_that_name_nothing(tmp_path, inputs, message)
 # ---- the stream equals Runtime.predict --------------------------------------------------------------
 @pytest.mark.parametrize("workers, batch", [(2, 16), (0, 7)])
 def test_stream_matches_runtime_predict_image_by_image(runtime, predict_folder, workers, batch):
-    with predict_files(runtime, [predict_folder], topk=3, batch=batch, loader_workers=workers) as stream:
+    with predict_files(runtime, [predict_folder], topk=3, batch=batch, loader_workers=workers,
+                       loader_timeout_s=LOADER_TIMEOUT_S) as stream:
         results = list(stream)
     assert [r.path for r in results] == find_images([predict_folder])  # input order, nothing lost
     failed = sorted(os.path.relpath(r.path, predict_folder) for r in results if not r.ok)
@@ -107,7 +110,8 @@ def test_outputs_hold_the_same_records_in_every_format(demo_fp32_onnx, predict_f
         if fmt == "parquet":
             pytest.importorskip("pyarrow", reason="Parquet outputs (pip install 'psvit-deploy[parquet]')")
         out = tmp_path / f"p.{fmt}"
-        predict_to_file(demo_fp32_onnx, [predict_folder], out, topk=3, batch=32, loader_workers=1)
+        predict_to_file(demo_fp32_onnx, [predict_folder], out, topk=3, batch=32, loader_workers=1,
+                        loader_timeout_s=LOADER_TIMEOUT_S)
         assert_same_records(read_predictions(out), want)
     record = json.loads(run_record_path(reference_jsonl).read_text())
     assert record["topk"] == 3 and len(record["artifact_sha256"]) == 64 and record["runs"][0]["predicted"] == 257
@@ -212,3 +216,16 @@ def test_throughput_runs_turn_ort_spinning_off(demo_fp32_onnx):
         options = quiet.backend.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         np.testing.assert_array_equal(quiet.infer(x), default.infer(x))
+
+
+def test_a_hanging_read_ends_with_the_loader_timeout(runtime, predict_folder, tmp_path):
+    """A named pipe blocks its reader forever: with a timeout the stream stops with a message naming it."""
+    stall = tmp_path / "stall.png"
+    os.mkfifo(stall)
+    try:
+        with pytest.raises(DataError, match=r"no batch within 1 s \(files .*stall.png"):
+            with predict_files(runtime, [stall], loader_workers=1, loader_timeout_s=1) as stream:
+                list(stream)
+    finally:
+        with contextlib.suppress(OSError):  # release a worker still stuck in open() (else it was stopped)
+            os.close(os.open(stall, os.O_WRONLY | os.O_NONBLOCK))
