@@ -40,17 +40,6 @@ def _array_fingerprint(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, by extension, hidden files and folders skipped), sorted."""
-    from ..data.image_folder import IMAGE_EXTENSIONS
-
-    return sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-
-
 def _spread(n_total: int, count: int) -> list[int]:
     """``count`` indices spread evenly over ``0..n_total-1`` (class folders sorted by name all get some)."""
     if count >= n_total:
@@ -59,10 +48,10 @@ def _spread(n_total: int, count: int) -> list[int]:
 
 
 def _from_folder(root: Path, count: int, preprocess: dict[str, Any]) -> CalibrationSet:
-    from ..data.image_folder import dataset_fingerprint
+    from ..data.image_folder import dataset_fingerprint, list_image_files
     from ..preprocessing import Preprocess, load_image
 
-    files = image_files(root)
+    files = list_image_files(root)
     if not files:
         raise DataError(f"calibration folder {root} holds no image files (png, jpg, bmp, webp, tif); "
                         f"point --calib-data at a folder of real images")

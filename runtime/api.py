@@ -49,7 +49,7 @@ def load(path: str | os.PathLike | bytes, backend: str = "auto", device: str | N
         name: how the runtime is labelled in tables and comparisons (default: the backend's description).
         options: backend options — PyTorch: ``precision`` (fp32/fp16/bf16), ``cuda_graphs``, ``variant``,
             ``seed``, ``fused_attention``, ``threads`` (process-wide in PyTorch); ONNX Runtime:
-            ``providers``, ``threads``, ``profiling``, ``cuda_graphs``, ``optimized_model_path``;
+            ``providers``, ``threads``, ``spinning``, ``profiling``, ``cuda_graphs``, ``optimized_model_path``;
             TensorRT: ``contexts`` (execution contexts = calls at once), ``profiling``.
     """
     if backend not in ("auto", *BACKENDS):

@@ -29,3 +29,7 @@ class BatcherClosedError(PSViTError):
 
 class BatcherTargetError(PSViTError):
     """The micro-batcher's target returned something other than one output row per input row."""
+
+
+class OutputError(PSViTError):
+    """A prediction output that exists (and neither resume nor force was asked), or cannot be resumed."""

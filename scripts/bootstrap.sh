@@ -19,8 +19,8 @@ echo "[bootstrap] creating $venv (first run takes about 2 minutes)" >&2
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" -U pip 2>&1 | grep -v "is ignored" >&2 || true
 "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored" >&2 || true
-"${pip[@]}" -e "$root[onnx,trt-rtx,timm,plot,serve,examples,test]" 2>&1 | grep -v "is ignored" >&2 || true
-"$venv/bin/python" -c "import psvit, psvit.export, psvit.serve, torch, timm, onnxruntime, tensorrt_rtx, pytriton, tritonclient.grpc, fastapi" \
+"${pip[@]}" -e "$root[onnx,trt-rtx,timm,plot,serve,examples,parquet,ray,test]" 2>&1 | grep -v "is ignored" >&2 || true
+"$venv/bin/python" -c "import psvit, psvit.export, psvit.serve, torch, timm, onnxruntime, tensorrt_rtx, pytriton, tritonclient.grpc, fastapi, ray, pyarrow" \
   || { echo "[bootstrap] the environment in $venv is incomplete (see pip's output above)" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "[bootstrap] ready: $venv" >&2

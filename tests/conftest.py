@@ -56,3 +56,18 @@ def demo_fp32_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("demo-onnx") / "demo_fp32.onnx"
     export_onnx("demo", path, count=2)
     return path
+
+
+CORRUPT_FILES = ("00_circle/zz_text.png", "03_cross/zz_cut.png", "07_checker/zz_empty.jpg")
+
+
+@pytest.fixture(scope="session")
+def predict_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """257 synthetic images (seed 3) plus the unreadable ``CORRUPT_FILES``, written once; do not modify it."""
+    from psvit.data.synthetic import write_synthetic
+
+    root = write_synthetic(tmp_path_factory.mktemp("predict") / "images", count=257, seed=3)
+    (root / CORRUPT_FILES[0]).write_text("not an image")
+    (root / CORRUPT_FILES[1]).write_bytes((root / "03_cross" / "00003.png").read_bytes()[:120])  # truncated
+    (root / CORRUPT_FILES[2]).write_bytes(b"")
+    return root

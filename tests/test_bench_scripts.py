@@ -18,7 +18,7 @@ def script(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency", "triton_serving"])
+@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency", "triton_serving", "predict_throughput"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         script(name).main(["--help"])
@@ -50,3 +50,14 @@ def test_runtime_overhead_runs(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["bare_ms"] > 0 and data["runtime_ms"] > 0 and len(data["round_medians_ms"]["runtime infer"]) == 2
     assert result["overhead_pct"] == pytest.approx(data["overhead_pct"])
+
+
+def test_predict_throughput_quick_run(tmp_path, capsys):
+    out = tmp_path / "predict.json"
+    result = script("predict_throughput").main(["--quick", "--images", "40", "--workers", "1", "--json", str(out)])
+    assert "pipelined, 1 loader worker" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    (demo,) = data["results"]
+    assert demo["images"] == 40 and [r["x_one_thread"] for r in demo["rows"]][1] == pytest.approx(1.0)
+    assert all(r["images_per_s"] > 0 and r["stats"] is not None for r in demo["rows"])
+    assert len(data["load_average"]["before"]) == 3 and result["settings"]["quick"] is True

@@ -93,7 +93,9 @@ class OnnxRuntimeBackend(Backend):
     """An ONNX graph on ONNX Runtime: a file, or serialized bytes (``name`` then labels it).
 
     Options: ``providers`` (names, aliases or ``(name, options)`` pairs; default CPU, or CUDA for
-    ``device="cuda"``), ``threads`` (intra-op threads), ``profiling`` (ORT's per-node profiler; see
+    ``device="cuda"``), ``threads`` (intra-op threads), ``spinning`` (False: intra-op threads sleep instead
+    of spin-waiting between operators, which leaves the cores to other work such as loader processes;
+    None: ORT's default, spinning), ``profiling`` (ORT's per-node profiler; see
     :meth:`layer_profile`), ``cuda_graphs`` (CUDA EP ``enable_cuda_graph``: one graph per batch size),
     ``image_input`` (False accepts any one batched input with fixed trailing dims). Every graph output is
     returned, a dict when there are several.
@@ -108,6 +110,7 @@ class OnnxRuntimeBackend(Backend):
         device: str | None = None,
         providers: list[ProviderSpec] | None = None,
         threads: int | None = None,
+        spinning: bool | None = None,
         profiling: bool = False,
         cuda_graphs: bool = False,
         optimized_model_path: str | os.PathLike | None = None,
@@ -139,6 +142,8 @@ class OnnxRuntimeBackend(Backend):
         opts.log_severity_level = log_severity
         if threads:
             opts.intra_op_num_threads = threads
+        if spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if profiling:
             stem = path.stem if path is not None else "in_memory"
             opts.enable_profiling = True

@@ -1,0 +1,123 @@
+"""``psvit-export predict``: user errors, a real kill and --resume, and the Ray Data path on a local cluster."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from psvit.cli import main
+from psvit.runtime import predict_to_file, read_predictions
+from psvit.runtime.file_inputs import find_images
+
+pytest.importorskip("onnxruntime", reason="the predictions run the demo ONNX (pip install onnxruntime)")
+CLI = [sys.executable, "-m", "psvit.cli"]
+SUBPROCESS_TIMEOUT_S = 240  # every wait on a child process is bounded by this
+
+
+def assert_same_predictions(got: list[dict], want: list[dict], ordered: bool = True) -> None:
+    """Each path once, the same paths (in the same order if ``ordered``), same top-k, probabilities to 1e-6."""
+    paths = [r["path"] for r in got]
+    assert len(paths) == len(set(paths)), "a path appears twice"
+    if ordered:
+        assert paths == [r["path"] for r in want]
+    by_path = {r["path"]: r for r in got}
+    assert by_path.keys() == {r["path"] for r in want}
+    for w in want:
+        g = by_path[w["path"]]
+        assert (g["indices"], g["names"], g["error"] is None) == (w["indices"], w["names"], w["error"] is None)
+        np.testing.assert_allclose(g["probabilities"], w["probabilities"], rtol=1e-6, atol=1e-7)
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S)
+
+
+# ---- user errors: exit 2, one message, no traceback, nothing written ------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["{onnx}", "{tmp}/nothing/*.png", "--out", "{tmp}/p.jsonl"], "matches no file"),
+    (["{onnx}", "{tmp}/missing", "--out", "{tmp}/p.jsonl"], "does not exist"),
+    (["{onnx}", "{images}", "--out", "{tmp}/exists.jsonl"], "exists; pass --resume"),
+    (["{onnx}", "{images}", "--out", "{tmp}/no/such/folder/p.jsonl"], "does not exist; create it first"),
+    (["{onnx}", "{images}", "--out", "/proc/p.jsonl"], "not writable"),
+    (["{onnx}", "{images}", "--out", "{tmp}/p.txt"], "name it *.jsonl, *.csv or *.parquet"),
+    (["{onnx}", "{images}", "--out", "{tmp}/p.jsonl", "--resume", "--force"], "only one"),
+    (["{onnx}", "{images}", "--resume"], "need an output file"),
+    (["{onnx}", "{images}", "--ray-actors", "2"], "need --ray"),
+    (["{onnx}", "{images}", "--topk", "0"], "--topk"),
+    (["{onnx}"], "INPUT"),
+])
+def test_user_errors_exit_2_with_a_message(demo_fp32_onnx, predict_folder, tmp_path, capsys, args, message):
+    if "/proc/p.jsonl" in args and not Path("/proc").is_dir():
+        pytest.skip("needs /proc (a folder nobody can write to)")
+    (tmp_path / "exists.jsonl").write_text("{}\n")
+    before = sorted(tmp_path.iterdir())
+    argv = [a.format(onnx=demo_fp32_onnx, tmp=tmp_path, images=predict_folder) for a in args]
+    assert main(["predict", *argv]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert message in err and "Traceback" not in err
+    assert sorted(tmp_path.iterdir()) == before  # nothing written, nothing removed
+
+
+# ---- a real kill, then --resume ---------------------------------------------------------------------------
+def test_killed_run_resumes_to_the_same_file(demo_fp32_onnx, predict_folder, write_image, tmp_path):
+    """The run stalls on a named pipe placed in the middle of the inputs (reading it blocks), so it is
+    certainly killed midway; a torn last line is added as if the kill hit a write. --resume then gives
+    the uninterrupted run's records, in its order, each once."""
+    stall = tmp_path / "stall.png"
+    os.mkfifo(stall)
+    inputs = [f"{predict_folder}/0[0-4]_*", stall, f"{predict_folder}/0[5-9]_*"]
+    out = tmp_path / "p.jsonl"
+    common = ["predict", demo_fp32_onnx, *inputs, "--topk", "3", "--batch", "8"]
+    args = [*common, "--out", out, "--loader-workers", "2"]
+    log = tmp_path / "killed.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen([*CLI, *map(str, args)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+        while not (out.is_file() and out.read_bytes().count(b"\n") >= 40):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no output lines in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its loader workers, as an OOM kill or a lost node would
+        proc.wait(timeout=SUBPROCESS_TIMEOUT_S)
+    written = read_predictions(out)
+    files_before_stall = len(find_images(inputs[:1]))
+    assert 40 <= len(written) < files_before_stall  # stopped in the middle
+    with out.open("ab") as f:
+        f.write(b'{"path": "torn')
+    stall.unlink()
+    write_image("stall.png", colour=(200, 30, 60))
+
+    resumed = run_cli([*args, "--resume", "--json", tmp_path / "summary.json"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["already_done"] == len(written) and summary["predicted"] + summary["failed"] == 261 - len(written)
+    predict_to_file(demo_fp32_onnx, inputs, tmp_path / "fresh.jsonl", topk=3, batch=8, loader_workers=0)
+    assert_same_predictions(read_predictions(out), read_predictions(tmp_path / "fresh.jsonl"))
+    assert len(read_predictions(out)) == 261
+
+
+# ---- Ray Data ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ray_local_cluster_gives_the_single_process_predictions(demo_fp32_onnx, predict_folder, tmp_path):
+    pytest.importorskip("ray.data", reason="the Ray path needs ray[data] (pip install 'psvit-deploy[ray]')")
+    predict_to_file(demo_fp32_onnx, [predict_folder], tmp_path / "single.csv", topk=3, batch=16, loader_workers=1)
+    on_ray = run_cli(["predict", demo_fp32_onnx, predict_folder, "--topk", "3", "--batch", "16",
+                      "--out", tmp_path / "ray.csv", "--ray", "local", "--ray-cpus", "2", "--ray-actors", "2",
+                      "--json", tmp_path / "ray.json"], tmp_path)
+    assert on_ray.returncode == 0, on_ray.stderr
+    want = read_predictions(tmp_path / "single.csv")
+    assert_same_predictions(read_predictions(tmp_path / "ray.csv"), want, ordered=False)
+    summary = json.loads((tmp_path / "ray.json").read_text())
+    assert summary["engine"] == "ray" and summary["runtime"]["cluster"]["actors"] == 2
+    assert (summary["predicted"], summary["failed"]) == (257, 3)
