@@ -25,7 +25,7 @@ def onnx_command(
     qk_min_tokens: Optional[int] = typer.Option(
         None, help="With --shared-attention auto: stages with at least this many tokens use qk "
                    "(default 33, measured on an H200)."),
-    opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
+    opset: int = typer.Option(20, help="ONNX opset (17 or newer; 20+ has the Gelu op)."),  # = DEFAULT_OPSET
     data: Optional[Path] = typer.Option(
         None, help="Verification/FP16-range samples: image folder or .npy/.npz (default: random images)."),
     count: int = typer.Option(8, help="Number of verification samples."),
