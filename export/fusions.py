@@ -10,9 +10,9 @@ the same session's profiler gives the time per op type.
 Expectations for a PSViT graph (:func:`fusion_problems`) come from its ``psvit.config``: one fused GELU per
 MLP and no ``Erf`` left (an unfused GELU costs 4-5 element-wise passes over the MLP's widest activation),
 the bias of ``fc1`` folded into it, and every Q·Kᵀ product a ``FusedMatMul`` with the softmax scale folded
-in (no separate Mul over Q). Only ONNX Runtime's CPU kernels run here; FP16 graphs are meant for GPUs
-(ONNX Runtime CPU has no FP16 GELU/Softmax kernels and decomposes them), so their fusability is checked on
-the graph itself (:func:`fusable_patterns`).
+in (no separate Mul over Q). FP16 graphs are meant for GPUs: ONNX Runtime's CPU provider has no FP16
+GELU/Softmax kernels and decomposes them, so there only the graph's own patterns are checked
+(:func:`.graph_checks.fusable_patterns`, also part of every export's graph checks).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ExportError
+from .graph_checks import fusable_patterns, pattern_problems
 
 if TYPE_CHECKING:
     import onnx
@@ -70,8 +71,10 @@ class FusionReport:
     time_by_op: dict[str, dict[str, float]] | None = None  # op type -> ms_per_run, calls_per_run, share
     batch: int | None = None
     runs: int = 0
+    patterns: dict[str, int] = field(default_factory=dict)  # fusable patterns in the file (graph_checks)
     expected: dict[str, int] = field(default_factory=dict)  # what a PSViT graph should show (fusion_problems)
     problems: list[str] = field(default_factory=list)
+    note: str = ""
 
     @property
     def gelu_fused(self) -> int:
@@ -138,11 +141,27 @@ def onnxruntime_fusions(
         fused=fused, removed=removed, time_by_op=profile, batch=(rt.backend.limits.static or batch) if runs else None,
         runs=runs,
     )
+    patterns = fusable_patterns(exported)
+    report.patterns = patterns.to_dict()
     config = _psvit_config(exported)
     if config is not None:
-        report.expected = expected_fusions(config, exported)
-        report.problems = fusion_problems(report)
+        report.problems = pattern_problems(patterns, config.depth)
+        if computes_in_fp16(exported) and report.providers[:1] == ["CPUExecutionProvider"]:
+            report.note = ("FP16 graph on ONNX Runtime's CPU provider, which has no FP16 GELU/Softmax kernels and "
+                           "decomposes them: only the graph's patterns are checked (they fuse on GPU providers)")
+        else:
+            report.expected = expected_fusions(config, exported)
+            report.problems += fusion_problems(report)
     return report
+
+
+def computes_in_fp16(model: "onnx.ModelProto") -> bool:
+    """Whether ``model`` has FP16 weights or casts to FP16 (an FP16 graph, or INT8 with an FP16 rest)."""
+    import onnx
+
+    f16 = onnx.TensorProto.FLOAT16
+    return any(i.data_type == f16 for i in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == f16 for a in n.attribute) for n in model.graph.node)
 
 
 def _psvit_config(model: "onnx.ModelProto") -> "PSViTConfig | None":
