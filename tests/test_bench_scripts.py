@@ -50,3 +50,19 @@ def test_runtime_overhead_runs(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["bare_ms"] > 0 and data["runtime_ms"] > 0 and len(data["round_medians_ms"]["runtime infer"]) == 2
     assert result["overhead_pct"] == pytest.approx(data["overhead_pct"])
+
+
+def test_onnx_cpu_help_and_helpers(capsys):
+    onnx_cpu = script("onnx_cpu")
+    with pytest.raises(SystemExit) as exc:
+        onnx_cpu.main(["--help"])
+    assert exc.value.code == 0 and "--profile-runs" in capsys.readouterr().out
+    assert onnx_cpu.cpu_slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz") == "intel-xeon-platinum-8480"
+    assert onnx_cpu.cpu_slug("AMD EPYC") == "amd-epyc"
+    rows = onnx_cpu.side_by_side({
+        "timm": {"MatMul": {"ms_per_run": 9.0, "calls_per_run": 6}, "Erf": {"ms_per_run": 2.0, "calls_per_run": 2}},
+        "ours": {"MatMul": {"ms_per_run": 8.0, "calls_per_run": 6}, "BiasGelu": {"ms_per_run": 1.0, "calls_per_run": 2}},
+    })
+    assert [r["op"] for r in rows] == ["total", "MatMul", "Erf", "BiasGelu"]
+    assert rows[0]["timm"] == {"ms_per_run": 11.0, "calls_per_run": 8} and rows[0]["ours"]["ms_per_run"] == 9.0
+    assert rows[2]["ours"] is None and rows[3]["timm"] is None
