@@ -91,10 +91,6 @@ def op_counts(model: "onnx.ModelProto") -> dict[str, int]:
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
 
 
-def _providers(providers: list[str] | None) -> list[str]:
-    return list(providers) if providers else ["cpu"]
-
-
 def onnxruntime_fusions(
     path: str | os.PathLike,
     *,
@@ -105,7 +101,8 @@ def onnxruntime_fusions(
     keep_optimized: str | os.PathLike | None = None,
 ) -> FusionReport:
     """Load ``path`` in ONNX Runtime (through :func:`psvit.runtime.load`), compare its optimized graph with
-    the file and, when ``runs`` > 0, profile ``runs`` calls at ``batch`` for the time per op type.
+    the file and, when ``runs`` > 0, profile ``runs`` calls at ``batch`` for the time per op type (the first
+    call is left out as warm-up when there are several).
 
     Args:
         providers: ONNX Runtime execution providers or aliases (default CPU).
@@ -122,7 +119,7 @@ def onnxruntime_fusions(
     exported = load_onnx_graph(path, ExportError)
     with tempfile.TemporaryDirectory(prefix="psvit-fusions.") as tmp:
         optimized_path = Path(keep_optimized) if keep_optimized is not None else Path(tmp) / "optimized.onnx"
-        rt = load(path, backend="onnxruntime", providers=_providers(providers), threads=threads,
+        rt = load(path, backend="onnxruntime", providers=list(providers or ["cpu"]), threads=threads,
                   profiling=runs > 0, optimized_model_path=optimized_path)
         with rt:
             if runs > 0:
