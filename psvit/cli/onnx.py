@@ -68,6 +68,9 @@ def onnx_command(
     table.add_row("graph", f"{g.nodes} nodes, {g.softmax} Softmax (expected {g.expected_softmax}), "
                            f"{sum(g.shape_ops.values())} shape ops, {len(g.symbolic_dims)} non-batch symbolic "
                            f"tensors, {len(g.duplicated_initializers)} duplicated initializers")
+    p = g.patterns
+    table.add_row("fusable patterns", f"{p['bias_gelu']}/{p['gelu']} GELU with their bias, {p['qk_scaled']}/"
+                                      f"{p['softmax']} scaled Q·Kᵀ (psvit-export inspect --fusions: what ORT fused)")
     if result.fp16 is not None:
         f = result.fp16
         table.add_row("fp16 kept in fp32", f"ops {', '.join(f.kept_fp32_ops)}; {len(f.overflow_nodes)} overflowing "
