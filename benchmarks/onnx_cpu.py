@@ -12,6 +12,9 @@ side, and the fusions ORT applied to each graph. Recorded with the figures: CPU 
 and after, threads, versions. Random weights (latency does not depend on them). One command::
 
     .venv/bin/python benchmarks/onnx_cpu.py            # JSON: benchmarks/results/onnx_cpu_<cpu>.json
+
+On a shared machine, ``--threads 1 --clock thread`` times the CPU time of the calling thread instead
+(``..._threads1_cputime.json``): robust against other processes' load, blind to parallel speed-ups.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def environment(threads: int | None) -> dict[str, Any]:
 
 
 def interleaved_latency(cases: dict[tuple[str, str, int], tuple[Any, np.ndarray]], rounds: int,
-                        runs_per_round: int) -> dict[tuple[str, str, int], dict[str, float]]:
+                        runs_per_round: int, clock: Any = time.perf_counter) -> dict[tuple[str, str, int], dict[str, float]]:
     """Time every case in turn, ``rounds`` times, starting one row later each round."""
     keys = list(cases)
     times: dict[tuple[str, str, int], list[float]] = {k: [] for k in keys}
@@ -61,7 +64,7 @@ def interleaved_latency(cases: dict[tuple[str, str, int], tuple[Any, np.ndarray]
     for r in range(rounds):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
             rt, x = cases[key]
-            times[key] += [t * 1e3 for t in time_calls(lambda: rt.infer(x), runs_per_round)]
+            times[key] += [t * 1e3 for t in time_calls(lambda: rt.infer(x), runs_per_round, clock)]
     out = {}
     for key, ts in times.items():
         s = stats_ms(ts, batch=key[2])
@@ -129,10 +132,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs-per-round", type=int, default=4)
     parser.add_argument("--profile-runs", type=int, default=10, help="profiled calls per artifact (0: no profile)")
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="wall time, or the CPU time of the calling thread (needs --threads 1: ORT then computes "
+                             "in it; robust against other processes' load, blind to parallel speed-ups)")
     parser.add_argument("--json", type=Path, default=None,
                         help="output JSON (default: benchmarks/results/onnx_cpu_<cpu model>.json)")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread measures the calling thread only: add --threads 1")
 
     from rich.console import Console
     from rich.table import Table
@@ -167,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cases = {(m, v, b): (runtimes[p], np.random.default_rng(0).standard_normal((b, 3, size, size), np.float32))
                  for m, v, p in artifacts for b in batches}
         console.print(f"[dim]timing {len(cases)} rows, {args.rounds} interleaved rounds...[/]")
-        timings = interleaved_latency(cases, args.rounds, args.runs_per_round)
+        clock = time.thread_time if args.clock == "thread" else time.perf_counter
+        timings = interleaved_latency(cases, args.rounds, args.runs_per_round, clock)
         for rt in runtimes.values():
             rt.close()
         for model, variant, path in artifacts:
@@ -196,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ratios[f"{args.psvit} qk/map b{b}"] = (pick(args.psvit, "sharing qk", b)["median_ms"]
                                                    / pick(args.psvit, "sharing map", b)["median_ms"])
 
-    table = Table(title=f"ONNX Runtime CPU latency: {env['cpu_model']}, threads={args.threads or 'default'}, "
+    what = "latency" if args.clock == "wall" else "CPU time of the calling thread"
+    table = Table(title=f"ONNX Runtime CPU {what}: {env['cpu_model']}, threads={args.threads or 'default'}, "
                         f"{args.rounds} interleaved rounds x {args.runs_per_round} runs")
     for col in ("model", "export", "batch", "median ms", "p90 ms", "opset", "nodes → ORT", "Shape", "Transpose → ORT",
                 "GELU fused"):
@@ -227,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "rows": rows, "ratios": ratios, "ours_vs_timm_rel_l2": parity,
               "profile_batch": max(batches), "profile_side_by_side": compared, "profiles": profiles,
               "fusions": fusions}
-    write_json(args.json or RESULTS / f"onnx_cpu_{cpu_slug(env['cpu_model'])}.json", result, say=console.print)
+    suffix = (f"_threads{args.threads}" if args.threads else "") + ("_cputime" if args.clock == "thread" else "")
+    write_json(args.json or RESULTS / f"onnx_cpu_{cpu_slug(env['cpu_model'])}{suffix}.json", result, say=console.print)
     return result
 
 
