@@ -9,6 +9,7 @@ import math
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from psvit import create_model
@@ -41,7 +42,9 @@ def test_onnxruntime_fuses_gelu_bias_and_attention_scale(exports, mode):
     assert report.gelu_fused == MICRO.depth and "Erf" not in report.optimized_ops
     assert report.exported_ops["Softmax"] == softmax and report.optimized_ops["Softmax"] == maps
     assert report.fused["FusedMatMul"] >= maps  # every Q·Kᵀ with its scale folded
-    assert report.expected == {"gelu_fused": MICRO.depth, "BiasGelu": MICRO.depth, "Erf": 0, "qk_fused_matmul": maps}
+    assert report.expected == {"gelu_fused": MICRO.depth, "gelu_bias_folded": MICRO.depth, "Erf": 0,
+                               "qk_fused_matmul": maps}
+    assert report.gelu_bias_folded == MICRO.depth
     assert report.patterns == {"gelu": 6, "unfusable_erf": 0, "bias_gelu": 6, "softmax": softmax,
                                "qk_scaled": softmax}
     assert result.graph.patterns == report.patterns and result.graph.ok  # the export's own graph check
@@ -58,6 +61,16 @@ def test_opset_17_export_fuses_in_onnxruntime(tmp_path):
     assert result.graph.ok and result.graph.patterns["unfusable_erf"] == 0
     report = onnxruntime_fusions(result.path, runs=0)
     assert report.problems == [] and report.fused["BiasGelu"] == 6 and report.time_by_op is None
+
+
+def test_fixed_batch_folds_every_bias_into_gemm(tmp_path):
+    path = export_onnx("psvit_micro", tmp_path / "b2.onnx", batch=2, count=2).path
+    report = onnxruntime_fusions(path, runs=0)
+    assert report.problems == []
+    # static shapes: ORT turns every MatMul + bias into a Gemm (fc1's too, the GELU follows it)
+    linear = sum(isinstance(m, torch.nn.Linear) for m in create_model("psvit_micro").modules())
+    assert report.fused["Gemm"] == linear - 1  # the head is a Gemm already
+    assert report.gelu_bias_folded == 6 and "BiasGelu" not in report.fused and "Erf" not in report.optimized_ops
 
 
 def _exporter_form_gelu(path, half: float = 0.5):
@@ -92,7 +105,7 @@ def test_gelu_in_another_form_is_caught_by_graph_check_and_onnxruntime(tmp_path)
     report = onnxruntime_fusions(tmp_path / "gelu.onnx", batch=2, runs=2)
     assert report.expected == {} and report.problems == [] and "BiasGelu" not in report.fused
     assert report.optimized_ops["Erf"] == 1 and report.time_by_op["Erf"]["calls_per_run"] == 1
-    report.expected = {"gelu_fused": 1, "BiasGelu": 1, "Erf": 0, "qk_fused_matmul": 0}
+    report.expected = {"gelu_fused": 1, "gelu_bias_folded": 1, "Erf": 0, "qk_fused_matmul": 0}
     problems = fusion_problems(report)
     assert len(problems) == 2 and "GELU fused in 0 of 1 MLPs (1 Erf left)" in problems[0]
     # and a constant that is not 0.5 is no GELU at all
