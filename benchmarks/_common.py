@@ -15,15 +15,18 @@ from pathlib import Path
 from typing import Any
 
 
-def time_calls(fn: Callable[[], Any], iters: int) -> list[float]:
-    """Per-call seconds of ``iters`` calls of ``fn`` (garbage collector off while timing, as timeit)."""
+def time_calls(fn: Callable[[], Any], iters: int, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Per-call seconds of ``iters`` calls of ``fn`` (garbage collector off while timing, as timeit).
+
+    ``clock``: wall time by default; ``time.thread_time`` counts only the CPU time of the calling thread
+    (robust against other processes' load, meaningful only when ``fn`` computes in this thread)."""
     samples = []
     gc.disable()
     try:
         for _ in range(iters):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            samples.append(time.perf_counter() - t0)
+            samples.append(clock() - t0)
     finally:
         gc.enable()
     return samples

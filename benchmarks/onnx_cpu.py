@@ -1,23 +1,30 @@
-"""ONNX Runtime CPU latency of our exports (not a test: prints a table and writes JSON).
+"""ONNX Runtime CPU: our exports against timm's, with what ORT's optimizer fused and where the time goes.
 
-1. DeiT-S: our static-token export (dynamo) vs timm's own ONNX export of the same weights (TorchScript
-   exporter, ``timm.utils.onnx.onnx_export`` defaults), with the run-time shape ops each graph holds.
-2. PSViT: the same model exported with shared attention ``map``, ``qk`` and ``auto``.
+1. DeiT-S: our export (``export_onnx``: dynamo, static tokens, fusable GELU and attention) against timm's own
+   ONNX export of the same weights (TorchScript exporter, ``timm.utils.onnx.onnx_export`` defaults).
+2. PSViT (``--psvit``): exported with shared attention ``map``, ``qk`` and ``auto``.
 
-Batch 1 and 8, median of timed runs after warm-up, same process and machine for every row; rows are timed
-interleaved (round-robin) so that load from other processes on a shared CPU hits all of them alike.
-Random weights (latency does not depend on them). Usage::
+Timing: every artifact loaded through ``psvit.runtime.load``; batch 1 and 8, rows timed interleaved
+(round-robin, the starting row rotated each round) so load from other processes hits all of them alike;
+median of all timed calls. Profile: each artifact loaded once more with ORT's profiler (the code of
+``psvit-export inspect --fusions``) at the largest batch: the time per op type of ours and timm's side by
+side, and the fusions ORT applied to each graph. Recorded with the figures: CPU model, load average before
+and after, threads, versions. Random weights (latency does not depend on them). One command::
 
-    .venv/bin/python benchmarks/onnx_cpu.py [--psvit psvit_2d_tiny] [--rounds 5] [--json out/onnx_cpu.json]
+    .venv/bin/python benchmarks/onnx_cpu.py            # JSON: benchmarks/results/onnx_cpu_<cpu>.json
+
+On a shared machine, ``--threads 1 --clock thread`` times the CPU time of the calling thread instead
+(``..._threads1_cputime.json``): robust against other processes' load, blind to parallel speed-ups.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
+import time
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +33,38 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
 from _common import stats_ms, time_calls, write_json  # noqa: E402
 
-SHAPE_OPS = ("Shape", "Gather", "Concat", "Unsqueeze", "Slice", "ConstantOfShape", "Expand")
+RESULTS = Path(__file__).resolve().parent / "results"
+OURS, TIMM = "ours", "timm (TorchScript)"
+GRAPH_OPS = ("Shape", "Gather", "Concat", "Transpose", "Erf", "Gelu", "Softmax")  # counted in the file
 
 
-def open_session(path: Path, batch: int, threads: int | None) -> tuple[Any, np.ndarray]:
-    """The graph on ONNX Runtime CPU (through psvit.runtime) and a random input batch for it."""
-    from psvit.runtime import load
-
-    rt = load(path, threads=threads)
-    x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape), dtype=np.float32)
-    return rt, x
+def cpu_slug(name: str) -> str:
+    """``"Intel(R) Xeon(R) Platinum 8480+"`` -> ``"intel-xeon-platinum-8480"`` (for the JSON file name)."""
+    name = re.sub(r"\((R|TM|tm)\)|CPU|@.*$|Processor", " ", name)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cpu"
 
 
-def interleaved_latency(
-    cases: dict[tuple[str, str, int], tuple[Any, np.ndarray]], rounds: int, runs_per_round: int
-) -> dict[tuple[str, str, int], dict[str, float]]:
-    """Time every case in turn, ``rounds`` times: load changes on a shared CPU hit all rows alike."""
-    times: dict[tuple[str, str, int], list[float]] = {k: [] for k in cases}
+def environment(threads: int | None) -> dict[str, Any]:
+    from psvit.provenance import package_versions
+    from psvit.runtime.bench import cpu_name
+
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_model": cpu_name(), "logical_cpus": os.cpu_count(),
+            "ort_threads": threads or "ORT default (physical cores)", "loadavg_start": list(os.getloadavg()),
+            "versions": package_versions("torch", "onnx", "onnxscript", "onnxruntime", "timm")}
+
+
+def interleaved_latency(cases: dict[tuple[str, str, int], tuple[Any, np.ndarray]], rounds: int,
+                        runs_per_round: int, clock: Any = time.perf_counter) -> dict[tuple[str, str, int], dict[str, float]]:
+    """Time every case in turn, ``rounds`` times, starting one row later each round."""
+    keys = list(cases)
+    times: dict[tuple[str, str, int], list[float]] = {k: [] for k in keys}
     for rt, x in cases.values():  # warm-up
-        rt.warmup([len(x)])
-    for _ in range(rounds):
-        for key, (rt, x) in cases.items():
-            times[key] += [t * 1e3 for t in time_calls(lambda: rt.infer(x), runs_per_round)]
+        for _ in range(2):
+            rt.infer(x)
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            rt, x = cases[key]
+            times[key] += [t * 1e3 for t in time_calls(lambda: rt.infer(x), runs_per_round, clock)]
     out = {}
     for key, ts in times.items():
         s = stats_ms(ts, batch=key[2])
@@ -59,18 +76,21 @@ def interleaved_latency(
 def graph_facts(path: Path) -> dict[str, Any]:
     import onnx
 
+    from psvit.export.fusions import op_counts
+
     model = onnx.load(str(path), load_external_data=False)
-    ops = Counter(n.op_type for n in model.graph.node)
-    return {"nodes": len(model.graph.node), "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-            **{op: ops.get(op, 0) for op in SHAPE_OPS}, "Softmax": ops.get("Softmax", 0)}
+    ops = op_counts(model)
+    return {"nodes": len(model.graph.node),
+            "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            **{op: ops.get(op, 0) for op in GRAPH_OPS}}
 
 
-def export_timm_deit_small(ours_state: dict, path: Path) -> None:
-    """timm's DeiT-S with our weights, exported the way timm's onnx_export.py does by default."""
+def export_timm_deit(name: str, ours_state: dict, path: Path) -> None:
+    """timm's DeiT with our weights (same module names), exported the way timm's onnx_export.py does."""
     import timm
     from timm.utils.onnx import onnx_export
 
-    model = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+    model = timm.create_model(f"{name}_patch16_224", pretrained=False).eval()
     model.load_state_dict(ours_state, strict=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings of the TorchScript exporter
@@ -78,77 +98,148 @@ def export_timm_deit_small(ours_state: dict, path: Path) -> None:
                     input_names=["images"], output_names=["logits"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--psvit", default="psvit_2d_tiny", help="PSViT variant for the map/qk comparison")
+def rel_l2(a: Path, b: Path, size: int) -> float:
+    """Relative L2 difference of two graphs' outputs on the same random images (same weights: ~1e-6)."""
+    from psvit.runtime import load
+
+    x = np.random.default_rng(1).standard_normal((2, 3, size, size), np.float32)
+    with load(a) as ra, load(b) as rb:
+        ya, yb = ra.infer(x), rb.infer(x)
+    return float(np.linalg.norm(ya - yb) / np.linalg.norm(yb))
+
+
+def side_by_side(profiles: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    """Rows ``{"op": op type, <label>: {"ms_per_run", "calls_per_run"} | None, ...}``, the ops of all
+    profiles, by the largest time in any of them; a ``total`` row first."""
+    ops: dict[str, float] = {}
+    for prof in profiles.values():
+        for op, v in prof.items():
+            ops[op] = max(ops.get(op, 0.0), v["ms_per_run"])
+    total = {"op": "total", **{label: {"ms_per_run": sum(v["ms_per_run"] for v in prof.values()),
+                                       "calls_per_run": sum(v["calls_per_run"] for v in prof.values())}
+                               for label, prof in profiles.items()}}
+    rows = [{"op": op, **{label: prof.get(op) for label, prof in profiles.items()}}
+            for op in sorted(ops, key=lambda o: -ops[o])]
+    return [total, *rows]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deit", default="deit_small", help="DeiT variant compared with timm's export")
+    parser.add_argument("--psvit", default="psvit_2d_tiny", help="PSViT variant for the map/qk/auto rows ('' for none)")
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--rounds", type=int, default=5, help="passes over all rows (interleaved timing)")
+    parser.add_argument("--rounds", type=int, default=8, help="passes over all rows (interleaved timing)")
     parser.add_argument("--runs-per-round", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: all cores)")
-    parser.add_argument("--json", type=Path, default=Path("out/onnx_cpu.json"))
-    args = parser.parse_args()
+    parser.add_argument("--profile-runs", type=int, default=10, help="profiled calls per artifact (0: no profile)")
+    parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="wall time, or the CPU time of the calling thread (needs --threads 1: ORT then computes "
+                             "in it; robust against other processes' load, blind to parallel speed-ups)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="output JSON (default: benchmarks/results/onnx_cpu_<cpu model>.json)")
+    args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread measures the calling thread only: add --threads 1")
 
     from rich.console import Console
     from rich.table import Table
 
-    from psvit.export import compare, export_onnx
-    from psvit.export.inputs import random_images
+    from psvit.export import export_onnx
+    from psvit.export.fusions import onnxruntime_fusions
     from psvit.runtime import load
 
-    console = Console(width=max(Console().width, 140))  # the table has 12 columns
+    console = Console(width=max(Console().width, 140))
+    env = environment(args.threads)
+    console.print(f"[dim]{env['cpu_model']}, {env['logical_cpus']} logical CPUs, load average "
+                  f"{' '.join(f'{v:.2f}' for v in env['loadavg_start'])}[/]")
     rows: list[dict[str, Any]] = []
+    fusions: dict[str, dict[str, Any]] = {}
+    profiles: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        console.print("[dim]exporting deit_small (ours, dynamo, static tokens)...[/]")
-        ours = export_onnx("deit_small", tmp / "deit_small.ours.onnx", count=2)
-        console.print("[dim]exporting deit_small (timm, TorchScript exporter)...[/]")
-        timm_path = tmp / "deit_small.timm.onnx"
-        export_timm_deit_small(ours.source.model.state_dict(), timm_path)
-        parity = compare(load(ours.path), load(timm_path), random_images(2, (3, 224, 224)))
-        artifacts = [("deit_small", "ours (dynamo, static tokens)", ours.path),
-                     ("deit_small", "timm onnx_export (TorchScript)", timm_path)]
-        for mode in ("map", "qk", "auto"):
+        console.print(f"[dim]exporting {args.deit} (ours)...[/]")
+        ours = export_onnx(args.deit, tmp / f"{args.deit}.ours.onnx", count=2)
+        console.print(f"[dim]exporting {args.deit} (timm, TorchScript exporter)...[/]")
+        timm_path = tmp / f"{args.deit}.timm.onnx"
+        export_timm_deit(args.deit, ours.source.model.state_dict(), timm_path)
+        size = ours.source.config.img_size
+        parity = rel_l2(ours.path, timm_path, size)
+        artifacts = [(args.deit, OURS, ours.path), (args.deit, TIMM, timm_path)]
+        for mode in ("map", "qk", "auto") if args.psvit else ():
             console.print(f"[dim]exporting {args.psvit} shared attention {mode}...[/]")
             r = export_onnx(args.psvit, tmp / f"{args.psvit}.{mode}.onnx", shared_attention=mode, count=2)
             label = mode if mode != "auto" else f"auto ({'/'.join(r.sharing.modes)})"
-            artifacts.append((args.psvit, f"shared attention {label}", r.path))
-        cases = {(m, v, b): open_session(p, b, args.threads) for m, v, p in artifacts for b in batches}
+            artifacts.append((args.psvit, f"sharing {label}", r.path))
+        runtimes = {path: load(path, threads=args.threads) for _, _, path in artifacts}
+        cases = {(m, v, b): (runtimes[p], np.random.default_rng(0).standard_normal((b, 3, size, size), np.float32))
+                 for m, v, p in artifacts for b in batches}
         console.print(f"[dim]timing {len(cases)} rows, {args.rounds} interleaved rounds...[/]")
-        timings = interleaved_latency(cases, args.rounds, args.runs_per_round)
+        clock = time.thread_time if args.clock == "thread" else time.perf_counter
+        timings = interleaved_latency(cases, args.rounds, args.runs_per_round, clock)
+        for rt in runtimes.values():
+            rt.close()
         for model, variant, path in artifacts:
-            facts = graph_facts(path)
+            console.print(f"[dim]profiling {model} {variant}...[/]")
+            report = onnxruntime_fusions(path, threads=args.threads, batch=max(batches), runs=args.profile_runs)
+            key = f"{model} {variant}"
+            fusions[key] = {"fused": report.fused, "removed": report.removed, "problems": report.problems,
+                            "optimized_ops": report.optimized_ops}
+            profiles[key] = report.time_by_op or {}
+            after = report.optimized_ops
             for b in batches:
-                rows.append({"model": model, "export": variant, "batch": b, **facts, **timings[(model, variant, b)]})
+                rows.append({"model": model, "export": variant, "batch": b, **graph_facts(path),
+                             "ort_nodes": sum(after.values()), "ort_transpose": after.get("Transpose", 0),
+                             "ort_erf": after.get("Erf", 0), "gelu_fused": report.gelu_fused,
+                             **timings[(model, variant, b)]})
+    env["loadavg_end"] = list(os.getloadavg())
 
-    def ratio(model: str, a: str, b: str, batch: int) -> float:
-        pick = {r["export"]: r for r in rows if r["model"] == model and r["batch"] == batch}
-        return pick[a]["median_ms"] / pick[b]["median_ms"]
+    def pick(model: str, export: str, batch: int) -> dict[str, Any]:
+        return next(r for r in rows if r["model"] == model and r["export"] == export and r["batch"] == batch)
 
-    table = Table(title=f"ONNX Runtime CPU latency ({os.cpu_count()} cores, threads={args.threads or 'default'}, "
-                        f"{args.rounds} interleaved rounds x {args.runs_per_round} runs)")
-    for col in ("model", "export", "batch", "median ms", "p90 ms", "runs", "nodes", "Shape", "Gather", "Concat",
-                "Unsqueeze", "Softmax"):
+    ratios = {}
+    for b in batches:
+        ratios[f"{args.deit} ours/timm b{b}"] = (pick(args.deit, OURS, b)["median_ms"]
+                                                 / pick(args.deit, TIMM, b)["median_ms"])
+        if args.psvit:
+            ratios[f"{args.psvit} qk/map b{b}"] = (pick(args.psvit, "sharing qk", b)["median_ms"]
+                                                   / pick(args.psvit, "sharing map", b)["median_ms"])
+
+    what = "latency" if args.clock == "wall" else "CPU time of the calling thread"
+    table = Table(title=f"ONNX Runtime CPU {what}: {env['cpu_model']}, threads={args.threads or 'default'}, "
+                        f"{args.rounds} interleaved rounds x {args.runs_per_round} runs")
+    for col in ("model", "export", "batch", "median ms", "p90 ms", "opset", "nodes → ORT", "Shape", "Transpose → ORT",
+                "GELU fused"):
         table.add_column(col, justify="left" if col in ("model", "export") else "right")
     for r in rows:
         table.add_row(r["model"], r["export"], str(r["batch"]), f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}",
-                      str(r["runs"]), str(r["nodes"]), str(r["Shape"]), str(r["Gather"]), str(r["Concat"]),
-                      str(r["Unsqueeze"]), str(r["Softmax"]))
+                      str(r["opset"]), f"{r['nodes']} → {r['ort_nodes']}", str(r["Shape"]),
+                      f"{r['Transpose']} → {r['ort_transpose']}", f"{r['gelu_fused']} ({r['ort_erf']} Erf left)")
     console.print(table)
-    ratios = {}
-    for b in batches:
-        ratios[f"deit_small ours/timm b{b}"] = ratio("deit_small", "ours (dynamo, static tokens)",
-                                                   "timm onnx_export (TorchScript)", b)
-        ratios[f"{args.psvit} qk/map b{b}"] = ratio(args.psvit, "shared attention qk", "shared attention map", b)
+    pair = {label: profiles[f"{args.deit} {label}"] for label in (TIMM, OURS)}
+    compared = side_by_side(pair)
+    prof = Table(title=f"{args.deit}: ms per run by op type after ORT's optimizer, batch {max(batches)} (calls)")
+    prof.add_column("op type")
+    for label in pair:
+        prof.add_column(label, justify="right")
+    for row in compared:
+        prof.add_row(row["op"], *(f"{row[lb]['ms_per_run']:.1f} ({row[lb]['calls_per_run']:g})" if row[lb] else "-"
+                                  for lb in pair))
+    console.print(prof)
+    for key, f in fusions.items():
+        fused = ", ".join(f"{op} {n}" for op, n in f["fused"].items()) or "none"
+        console.print(f"{key}: fused {fused}" + (f" [red]({'; '.join(f['problems'])})[/]" if f["problems"] else ""))
     for k, v in ratios.items():
         console.print(f"{k}: {v:.3f}")
-    console.print(f"ours vs timm outputs (same weights): rel L2 {parity.worst_rel_l2:.2e}")
-    result = {"rows": rows, "ratios": ratios, "ours_vs_timm_rel_l2": parity.worst_rel_l2,
-              "cpu_count": os.cpu_count(), "threads": args.threads}
-    from psvit.provenance import package_versions
-
-    result["versions"] = package_versions("torch", "onnx", "onnxruntime", "timm")
-    write_json(args.json, result, say=console.print)
+    console.print(f"ours vs timm outputs (same weights): rel L2 {parity:.2e}; load average at the end "
+                  f"{' '.join(f'{v:.2f}' for v in env['loadavg_end'])}")
+    result = {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
+              "rows": rows, "ratios": ratios, "ours_vs_timm_rel_l2": parity,
+              "profile_batch": max(batches), "profile_side_by_side": compared, "profiles": profiles,
+              "fusions": fusions}
+    suffix = (f"_threads{args.threads}" if args.threads else "") + ("_cputime" if args.clock == "thread" else "")
+    write_json(args.json or RESULTS / f"onnx_cpu_{cpu_slug(env['cpu_model'])}{suffix}.json", result, say=console.print)
+    return result
 
 
 if __name__ == "__main__":

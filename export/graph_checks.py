@@ -6,7 +6,12 @@
 - one Softmax per distinct attention map in ``map`` stages (plus one per sharing block in ``qk`` stages),
   and each shared map feeds the A·V MatMul of every block that shares it;
 - no duplicated initializers (by content hash) and one weight MatMul/Gemm per Linear layer (``qk`` mode
-  reuses Q and K instead of projecting them again).
+  reuses Q and K instead of projecting them again);
+- the patterns backends fuse (:func:`fusable_patterns`): one GELU per MLP, as the ``Gelu`` op or the erf
+  form ONNX Runtime's GeluFusion matches, read directly from ``fc1``'s bias Add (ORT: ``BiasGelu``), and
+  every Q·Kᵀ product scaled by a constant right at the product (ORT: ``FusedMatMul``; TensorRT's attention
+  fusion wants the scale on Q or on the product). Whether ORT really fuses them is
+  :mod:`.fusions`' job.
 """
 from __future__ import annotations
 
@@ -33,6 +38,20 @@ WEIGHT_OPS = ("MatMul", "Gemm")
 
 
 @dataclass
+class FusablePatterns:
+    """GELU and attention patterns in the form backends fuse (see the module docstring)."""
+
+    gelu: int  # Gelu ops + erf GELUs in ORT's GeluFusion form
+    unfusable_erf: int  # Erf nodes outside that form
+    bias_gelu: int  # GELUs whose input is Add(x, 1-D constant bias)
+    softmax: int
+    qk_scaled: int  # Softmax inputs that are MatMul(Q·s, Kᵀ), MatMul(Q, Kᵀ·s) or MatMul(Q, Kᵀ)·s
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
 class GraphReport:
     """What the checks found; ``problems`` is empty for a graph that keeps every promise."""
 
@@ -47,6 +66,7 @@ class GraphReport:
     duplicated_initializers: list[list[str]]
     weight_matmuls: int
     expected_weight_matmuls: int | None
+    patterns: dict[str, int] = field(default_factory=dict)  # FusablePatterns
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -156,6 +176,96 @@ def expected_attention(config: "PSViTConfig", modes: tuple[str, ...]) -> tuple[i
     return len(per_softmax), per_softmax
 
 
+def _constants(model: "onnx.ModelProto") -> dict[str, Any]:
+    """Initializers and Constant outputs by name (tensor protos)."""
+    found: dict[str, Any] = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            found.update({n.output[0]: a.t for a in n.attribute if a.name == "value"})
+    return found
+
+
+def fusable_patterns(model: "onnx.ModelProto") -> FusablePatterns:
+    """Count the GELU and scaled Q·Kᵀ patterns of ``model`` that ONNX Runtime and TensorRT fuse."""
+    import math
+
+    from onnx import numpy_helper
+
+    consts = _constants(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers = _readers(model)
+
+    def scalar(name: str) -> float | None:
+        t = consts.get(name)
+        if t is None:
+            return None
+        arr = numpy_helper.to_array(t)
+        return float(arr.reshape(())) if arr.size == 1 else None
+
+    def made_by(name: str, op: str) -> Any:
+        n = producer.get(name)
+        return n if n is not None and n.op_type == op else None
+
+    def other(node: Any, name: str) -> str:
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    def erf_gelu_input(erf: Any) -> str | None:
+        """x of ``(x * 0.5) * (1 + erf(x / √2))`` around ``erf``, or None when it has another form."""
+        div = made_by(erf.input[0], "Div")
+        adds = [a for a in readers.get(erf.output[0], []) if a.op_type == "Add"]
+        if div is None or len(adds) != 1 or scalar(div.input[1]) is None:
+            return None
+        x, add = div.input[0], adds[0]
+        muls = [m for m in readers.get(add.output[0], []) if m.op_type == "Mul"]
+        if abs(scalar(div.input[1]) - math.sqrt(2)) > 1e-6 or scalar(other(add, erf.output[0])) != 1.0 or len(muls) != 1:
+            return None
+        half = made_by(other(muls[0], add.output[0]), "Mul")
+        if half is None or x not in half.input or scalar(other(half, x)) != 0.5:
+            return None
+        return x
+
+    gelu_inputs = [n.input[0] for n in model.graph.node if n.op_type == "Gelu"]
+    erf_nodes = [n for n in model.graph.node if n.op_type == "Erf"]
+    erf_inputs = [x for x in map(erf_gelu_input, erf_nodes) if x is not None]
+
+    def biased(x: str) -> bool:
+        add = made_by(x, "Add")
+        if add is None:
+            return False
+        dims = [list(consts[i].dims) for i in add.input if i in consts]
+        return len(dims) == 1 and len(dims[0]) == 1
+
+    def scaled(node: Any) -> bool:
+        return node is not None and node.op_type in ("Mul", "Div") and any(scalar(i) is not None for i in node.input)
+
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    qk_scaled = 0
+    for sm in softmax:
+        p = producer.get(sm.input[0])
+        if scaled(p):  # MatMul(Q, Kᵀ) * s
+            p = next((producer.get(i) for i in p.input if scalar(i) is None), None)
+            qk_scaled += p is not None and p.op_type == "MatMul"
+        elif p is not None and p.op_type == "MatMul":
+            qk_scaled += any(scaled(producer.get(i)) for i in p.input)
+    inputs = gelu_inputs + erf_inputs
+    return FusablePatterns(gelu=len(inputs), unfusable_erf=len(erf_nodes) - len(erf_inputs),
+                           bias_gelu=sum(map(biased, inputs)), softmax=len(softmax), qk_scaled=qk_scaled)
+
+
+def pattern_problems(patterns: FusablePatterns, mlps: int) -> list[str]:
+    """What keeps a backend from fusing the GELUs and attention products of a graph with ``mlps`` MLPs."""
+    problems = []
+    if patterns.gelu != mlps or patterns.unfusable_erf:
+        problems.append(f"{patterns.gelu} GELU(s) in a fusable form for {mlps} MLPs ({patterns.unfusable_erf} Erf in "
+                        f"another form)")
+    if patterns.bias_gelu != patterns.gelu:
+        problems.append(f"{patterns.gelu - patterns.bias_gelu} GELU(s) not read directly from their bias Add")
+    if patterns.qk_scaled != patterns.softmax:
+        problems.append(f"{patterns.softmax - patterns.qk_scaled} of {patterns.softmax} attention products are "
+                        f"not scaled by a constant at Q·Kᵀ")
+    return problems
+
+
 def weight_matmul_count(model: "onnx.ModelProto") -> int:
     """MatMul/Gemm nodes that multiply by an initializer (one per Linear layer in a clean export)."""
     weights = {i.name for i in model.graph.initializer}
@@ -206,6 +316,7 @@ def check_graph(
     consumers = softmax_consumers(model)
     dups = duplicated_initializers(model)
     weights = weight_matmul_count(model)
+    patterns = fusable_patterns(model)
 
     if shape_ops:
         problems.append(f"run-time shape computation ops in the graph: {shape_ops}")
@@ -225,11 +336,13 @@ def check_graph(
         problems.append(f"{len(dups)} group(s) of duplicated initializers, e.g. {dups[0]}")
     if linear_layers is not None and weights != linear_layers:
         problems.append(f"{weights} weight MatMul/Gemm nodes for {linear_layers} Linear layers (duplicated projections?)")
+    problems += pattern_problems(patterns, config.depth)
     report = GraphReport(
         nodes=len(model.graph.node), op_counts=ops, shape_ops=shape_ops, symbolic_dims=symbolic,
         softmax=len(consumers), expected_softmax=n_softmax, softmax_consumers=consumers,
         expected_softmax_consumers=expected_consumers, duplicated_initializers=dups,
-        weight_matmuls=weights, expected_weight_matmuls=linear_layers, problems=problems,
+        weight_matmuls=weights, expected_weight_matmuls=linear_layers, patterns=patterns.to_dict(),
+        problems=problems,
     )
     if problems and raise_on_problem:
         raise GraphCheckError("the exported graph fails its checks:\n  " + "\n  ".join(problems))

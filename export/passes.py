@@ -1,17 +1,26 @@
 """Graph clean-up after tracing: constant folding, the default rewrite rules, lifting constants to
-initializers and de-duplicating them by content.
+initializers and de-duplicating them by content; then the GELU form backends fuse.
 
 This is onnxscript's default optimizer minus common-subexpression elimination: in ``qk`` mode a sharing
 block recomputes ``softmax(Q Kᵀ)`` from the same Q and K as its predecessor, and CSE would merge the two
 back into one shared map (silently turning ``qk`` into ``map``). Without CSE the ``map`` graphs come out
 node-for-node the same, so nothing else is lost.
+
+GELU: from opset 20 the exporter emits the ``Gelu`` op, which ONNX Runtime fuses with the bias Add before
+it (``BiasGelu``) and TensorRT imports as one activation. Below opset 20 it emits
+``x * (0.5 * (1 + erf(x / √2)))``, which ONNX Runtime's GeluFusion does not match (it wants
+``(x * 0.5) * (1 + erf(x / √2))``, the order of the BERT exports it was written for): that one
+re-association is applied here, so every opset's GELU is fused.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import onnx_ir as ir
+
+GELU_OP_OPSET = 20  # the first opset with the Gelu op
 
 
 def optimize_graph(model: "ir.Model", iterations: int = 2) -> None:
@@ -25,6 +34,8 @@ def optimize_graph(model: "ir.Model", iterations: int = 2) -> None:
     for _ in range(iterations):
         onnxscript.optimizer.fold_constants_ir(model, onnx_shape_inference=True)
         onnxscript.rewriter.rewrite(model)  # default rules; also removes unused nodes
+    if model.opset_imports.get("", GELU_OP_OPSET) < GELU_OP_OPSET:
+        onnxscript.rewriter.rewrite(model, pattern_rewrite_rules=_fusable_erf_gelu_rules())
     ir.passes.Sequential(
         common.RemoveUnusedNodesPass(),
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
@@ -33,3 +44,30 @@ def optimize_graph(model: "ir.Model", iterations: int = 2) -> None:
         common.OutputFixPass(),
         common.NameFixPass(),
     )(model)
+
+
+def _scalar(value: "ir.Value") -> float | None:
+    import onnx_ir as ir
+
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is None or tensor.size != 1:
+        return None
+    return float(tensor.numpy().reshape(()))
+
+
+def _fusable_erf_gelu_rules() -> Any:
+    """``x * (0.5 * (1 + erf(x / √2)))`` -> ``(x * 0.5) * (1 + erf(x / √2))`` (any operand order)."""
+    from onnxscript.rewriter import pattern
+
+    def exported(op: Any, x: Any, half: Any, one: Any, root2: Any) -> Any:
+        return op.Mul(x, op.Mul(half, op.Add(op.Erf(op.Div(x, root2)), one)))
+
+    def fusable(op: Any, x: Any, half: Any, one: Any, root2: Any) -> Any:
+        return op.Mul(op.Mul(x, half), op.Add(op.Erf(op.Div(x, root2)), one))
+
+    def is_gelu(context: Any, x: Any, half: Any, one: Any, root2: Any, **_: Any) -> bool:
+        r2 = _scalar(root2)
+        return _scalar(half) == 0.5 and _scalar(one) == 1.0 and r2 is not None and abs(r2 - math.sqrt(2)) < 1e-6
+
+    return pattern.RewriteRuleSet([pattern.RewriteRule(exported, fusable, is_gelu, name="FusableErfGelu")],
+                                  commute=True)

@@ -61,22 +61,31 @@ class Attention(nn.Module):
 
     ``provides`` is set by :meth:`PSViT.set_shared_attention`: None (nobody shares this map), ``"map"``
     (return the probabilities A) or ``"qk"`` (return the scaled Q and K so the sharer recomputes A).
+    ``tokens_first`` (exportable models): project from the token-major (N, B, D) layout, so that the
+    per-head (B, H, N, hd) views of Q, K and V are permutations a backend folds into its batched products
+    (ONNX Runtime: ``FusedMatMul`` with transposed batch dimensions) instead of copying them.
     """
 
-    def __init__(self, dim: int, heads: int, tokens: int, qkv_bias: bool, fused: bool) -> None:
+    def __init__(self, dim: int, heads: int, tokens: int, qkv_bias: bool, fused: bool,
+                 tokens_first: bool = False) -> None:
         super().__init__()
         self.dim, self.heads, self.tokens = dim, heads, tokens
         self.head_dim = dim // heads
         self.scale = self.head_dim**-0.5
         self.fused = fused
+        self.tokens_first = tokens_first
         self.provides: str | None = None
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, state: AttentionState = None) -> tuple[torch.Tensor, AttentionState]:
         n, h, hd = self.tokens, self.heads, self.head_dim
-        qkv = self.qkv(x).reshape(-1, n, 3, h, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+        if self.tokens_first:
+            qkv = self.qkv(x.transpose(0, 1)).reshape(n, -1, 3, h, hd)  # (N, B, 3, H, hd)
+            q, k, v = (t.permute(1, 2, 0, 3) for t in qkv.unbind(2))  # each (B, H, N, hd)
+        else:
+            qkv = self.qkv(x).reshape(-1, n, 3, h, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
+            q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         if self.fused and self.provides != "map":
             out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, hd)
             q = q * self.scale if self.provides == "qk" else q
@@ -95,14 +104,17 @@ class SharedAttention(nn.Module):
     """Attention of a sharing block: no Q/K projections, its own V, the map of a previous block.
 
     ``mode`` ``"map"`` multiplies the received probabilities with V; ``"qk"`` recomputes them from the
-    received Q and K (fusable by flash/TensorRT MHA kernels). Both are the same function.
+    received Q and K (fusable by flash/TensorRT MHA kernels). Both are the same function. ``tokens_first``:
+    as in :class:`Attention`.
     """
 
-    def __init__(self, dim: int, heads: int, tokens: int, qkv_bias: bool, fused: bool) -> None:
+    def __init__(self, dim: int, heads: int, tokens: int, qkv_bias: bool, fused: bool,
+                 tokens_first: bool = False) -> None:
         super().__init__()
         self.dim, self.heads, self.tokens = dim, heads, tokens
         self.head_dim = dim // heads
         self.fused = fused
+        self.tokens_first = tokens_first
         self.mode = "map"
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -111,7 +123,10 @@ class SharedAttention(nn.Module):
         if state is None:
             raise RuntimeError("a sharing block was called without the attention of its predecessor")
         n, h, hd = self.tokens, self.heads, self.head_dim
-        v = self.v(x).reshape(-1, n, h, hd).transpose(1, 2)  # (B, H, N, hd)
+        if self.tokens_first:
+            v = self.v(x.transpose(0, 1)).reshape(n, -1, h, hd).permute(1, 2, 0, 3)  # (B, H, N, hd)
+        else:
+            v = self.v(x).reshape(-1, n, h, hd).transpose(1, 2)  # (B, H, N, hd)
         if self.mode == "map":
             out = state @ v  # (B, H, N, hd)
         else:
@@ -127,13 +142,13 @@ class SharedAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, cfg: PSViTConfig, stage: int, shares: bool, fused: bool) -> None:
+    def __init__(self, cfg: PSViTConfig, stage: int, shares: bool, fused: bool, tokens_first: bool = False) -> None:
         super().__init__()
         dim, heads, tokens = cfg.dims[stage], cfg.heads[stage], cfg.tokens[stage]
         self.shares = shares
         self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         attn_cls = SharedAttention if shares else Attention
-        self.attn = attn_cls(dim, heads, tokens, cfg.qkv_bias, fused)
+        self.attn = attn_cls(dim, heads, tokens, cfg.qkv_bias, fused, tokens_first)
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
 
@@ -195,8 +210,9 @@ class PSViT(nn.Module):
 
     Args:
         cfg: the architecture.
-        exportable: build for tracing (ONNX/TensorRT): explicit matmul-softmax-matmul attention and a class
-            token broadcast without reading the batch size, so the graph has no shape computations.
+        exportable: build for tracing (ONNX/TensorRT): explicit matmul-softmax-matmul attention with Q, K, V
+            projected token-major (their head layouts fold into the batched products, see :class:`Attention`)
+            and a class token broadcast without reading the batch size, so the graph has no shape computations.
         fused_attention: use ``scaled_dot_product_attention`` where no attention map has to be materialised.
             None means "not exportable".
         shared_attention: how sharing blocks get their map, ``"map"`` or ``"qk"``, one for all stages or one
@@ -229,7 +245,8 @@ class PSViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.tokens[0], cfg.dims[0]))
         shared = set(cfg.share)
         self.blocks = nn.ModuleList(
-            Block(cfg, cfg.stage_of_block(b), b in shared, fused) for b in range(cfg.depth)
+            Block(cfg, cfg.stage_of_block(b), b in shared, fused, tokens_first=exportable)
+            for b in range(cfg.depth)
         )
         self.pools = nn.ModuleList(
             TokenPool(

@@ -61,3 +61,18 @@ def test_predict_throughput_quick_run(tmp_path, capsys):
     assert demo["images"] == 40 and [r["x_one_thread"] for r in demo["rows"]][1] == pytest.approx(1.0)
     assert all(r["images_per_s"] > 0 and r["stats"] is not None for r in demo["rows"])
     assert len(data["load_average"]["before"]) == 3 and result["settings"]["quick"] is True
+
+def test_onnx_cpu_help_and_helpers(capsys):
+    onnx_cpu = script("onnx_cpu")
+    with pytest.raises(SystemExit) as exc:
+        onnx_cpu.main(["--help"])
+    assert exc.value.code == 0 and "--profile-runs" in capsys.readouterr().out
+    assert onnx_cpu.cpu_slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz") == "intel-xeon-platinum-8480"
+    assert onnx_cpu.cpu_slug("AMD EPYC") == "amd-epyc"
+    rows = onnx_cpu.side_by_side({
+        "timm": {"MatMul": {"ms_per_run": 9.0, "calls_per_run": 6}, "Erf": {"ms_per_run": 2.0, "calls_per_run": 2}},
+        "ours": {"MatMul": {"ms_per_run": 8.0, "calls_per_run": 6}, "BiasGelu": {"ms_per_run": 1.0, "calls_per_run": 2}},
+    })
+    assert [r["op"] for r in rows] == ["total", "MatMul", "Erf", "BiasGelu"]
+    assert rows[0]["timm"] == {"ms_per_run": 11.0, "calls_per_run": 8} and rows[0]["ours"]["ms_per_run"] == 9.0
+    assert rows[2]["ours"] is None and rows[3]["timm"] is None

@@ -15,6 +15,7 @@ import torch
 from psvit import create_model
 from psvit.checkpoint import demo_checkpoint_path
 from psvit.cli import main
+from psvit.export import DEFAULT_OPSET
 
 
 def flat(text: str) -> str:
@@ -65,7 +66,7 @@ def test_inspect_json(exported, capsys):
     assert info["outputs"][0]["shape"] == ["batch", 10]
     assert info["tokens_per_stage"] == [65, 17, 5]
     assert info["attention_maps"] == 4 and info["shared_maps"] == 2 and info["shape_ops"] == 0
-    assert info["node_precision"]["fp16"] == 0 and info["opsets"] == {"ai.onnx": 18}
+    assert info["node_precision"]["fp16"] == 0 and info["opsets"] == {"ai.onnx": DEFAULT_OPSET}  # the CLI's default
     assert info["metadata"]["psvit.random_weights"] is True
     assert main(["inspect", str(exported[0])]) == 0
     assert "tokens per stage" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import torch
 from psvit import PSViTConfig, create_model, save_checkpoint
 from psvit.errors import CheckpointError, ConfigError, OutputPathError, UnknownVariantError
 from psvit.export import (
-    ExportError, VerificationError, check_graph, export_onnx, inspect_onnx, read_metadata,
+    DEFAULT_OPSET, ExportError, VerificationError, check_graph, export_onnx, inspect_onnx, read_metadata,
     torch_to_onnx,
 )
 from psvit.export.save import PROTOBUF_LIMIT, needs_external_data, save_onnx
@@ -65,7 +65,7 @@ def test_metadata_round_trip(qk_fp16_export, micro_ckpt):
                                         "interpolation": "bilinear"}
     assert meta["psvit.precision"] == "fp16" and meta["psvit.io_precision"] == "fp32"
     assert meta["psvit.shared_attention"]["modes"] == ["qk", "qk", "qk"]
-    assert meta["psvit.opset"] == 18 and meta["psvit.batch"] == "dynamic"
+    assert meta["psvit.opset"] == DEFAULT_OPSET and meta["psvit.batch"] == "dynamic"
     assert meta["psvit.source_sha256"] == sha256_file(micro_ckpt) and meta["psvit.random_weights"] is False
     assert {"torch", "onnx", "onnxruntime", "onnxconverter-common"} <= set(meta["psvit.versions"])
     assert "LayerNormalization" in meta["psvit.fp16"]["kept_fp32_ops"]

@@ -1,9 +1,11 @@
-"""``psvit-export inspect FILE.onnx``: I/O, opset, ops, precision share, tokens, attention maps, metadata."""
+"""``psvit-export inspect FILE.onnx``: I/O, opset, ops, precision share, tokens, attention maps, metadata;
+with ``--fusions``, what ONNX Runtime's optimizer fused and the time per op type."""
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,17 +17,41 @@ _LONG = ("psvit.config", "psvit.versions", "psvit.fp16", "psvit.shared_attention
          "psvit.class_names")
 
 
+class Provider(str, enum.Enum):
+    """ONNX Runtime execution provider whose optimizer and kernels ``--fusions`` reports."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
 @app.command("inspect")
 def inspect_command(
     file: Annotated[Path, typer.Argument(metavar="FILE.onnx", help="An .onnx file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    fusions: Annotated[bool, typer.Option(
+        "--fusions", help="Load the graph in ONNX Runtime: the fusions its optimizer applied and the time per "
+                          "op type.")] = False,
+    provider: Annotated[Provider, typer.Option(help="With --fusions: the execution provider.")] = Provider.cpu,
+    batch: Annotated[int, typer.Option(help="With --fusions: batch of the profiled runs.")] = 1,
+    runs: Annotated[int, typer.Option(help="With --fusions: profiled runs (0: fusions only).")] = 10,
+    threads: Annotated[int, typer.Option(help="With --fusions: intra-op threads (0: ONNX Runtime's).")] = 0,
 ) -> None:
     """Summarise an ONNX artifact."""
     from ..export import inspect_onnx
 
     s = inspect_onnx(file)
+    report = None
+    if fusions:
+        from ..export.fusions import onnxruntime_fusions
+
+        report = onnxruntime_fusions(file, providers=[provider.value], threads=threads or None, batch=batch,
+                                     runs=runs)
     if as_json:
-        typer.echo(json.dumps(s.to_dict(), indent=2, default=str))  # plain: rich would wrap long lines
+        data: dict[str, Any] = s.to_dict()
+        if report is not None:
+            data["fusions"] = report.to_dict()
+        typer.echo(json.dumps(data, indent=2, default=str))  # plain: rich would wrap long lines
         return
     t = Table(title=str(file), show_header=False)
     t.add_row("size", f"{s.size_bytes / 1e6:.2f} MB" + (" (external data)" if s.external_data else ""))
@@ -50,3 +76,29 @@ def inspect_command(
                 text = text[:157] + "..."
             m.add_row(key, text)
         console.print(m)
+    if report is not None:
+        _print_fusions(report)
+
+
+def _print_fusions(report: Any) -> None:  # FusionReport
+    from ..export.fusions import FUSED_OPS
+
+    f = Table(title=f"ONNX Runtime optimizer ({', '.join(report.providers)}): fused ops")
+    for col in ("fused op", "nodes", "replaces"):
+        f.add_column(col, justify="right" if col == "nodes" else "left")
+    for op, n in report.fused.items():
+        f.add_row(op, str(n), FUSED_OPS[op])
+    console.print(f)
+    removed = ", ".join(f"{op} {n}" for op, n in report.removed.items()) or "none"
+    console.print(f"nodes removed by the optimizer: {removed}")
+    if report.expected:
+        verdict = "[green]every expected fusion fired[/]" if not report.problems else \
+            "[red]" + "; ".join(report.problems) + "[/]"
+        console.print(f"PSViT fusion checks: {verdict}")
+    if report.time_by_op:
+        p = Table(title=f"time by op type, batch {report.batch}, {report.runs} profiled runs")
+        for col in ("op type", "ms per run", "calls", "share"):
+            p.add_column(col, justify="left" if col == "op type" else "right")
+        for op, v in report.time_by_op.items():
+            p.add_row(op, f"{v['ms_per_run']:.3f}", f"{v['calls_per_run']:g}", f"{v['share']:.1%}")
+        console.print(p)

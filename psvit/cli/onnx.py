@@ -31,7 +31,7 @@ def onnx_command(
     qk_min_tokens: Annotated[Optional[int], typer.Option(
         help="With --shared-attention auto: stages with at least this many tokens use qk "
              "[default: 33, measured on an H200].")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer; 20+ has the Gelu op).")] = 20,  # = DEFAULT_OPSET
     data: Annotated[Optional[Path], typer.Option(
         help="Verification/FP16-range samples: image folder or .npy/.npz [default: random images].")] = None,
     count: Annotated[int, typer.Option(help="Number of verification samples.")] = 8,
@@ -76,6 +76,9 @@ def onnx_command(
     table.add_row("graph", f"{g.nodes} nodes, {g.softmax} Softmax (expected {g.expected_softmax}), "
                            f"{sum(g.shape_ops.values())} shape ops, {len(g.symbolic_dims)} non-batch symbolic "
                            f"tensors, {len(g.duplicated_initializers)} duplicated initializers")
+    p = g.patterns
+    table.add_row("fusable patterns", f"{p['bias_gelu']}/{p['gelu']} GELU with their bias, {p['qk_scaled']}/"
+                                      f"{p['softmax']} scaled Q·Kᵀ (psvit-export inspect --fusions: what ORT fused)")
     if result.fp16 is not None:
         f = result.fp16
         table.add_row("fp16 kept in fp32", f"ops {', '.join(f.kept_fp32_ops)}; {len(f.overflow_nodes)} overflowing "
