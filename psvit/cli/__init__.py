@@ -29,6 +29,7 @@ def _register_commands() -> None:
     from . import calibrate  # noqa: F401
     from . import bench  # noqa: F401
     from . import demo  # noqa: F401
+    from . import search  # noqa: F401
 
 
 @app.callback()

@@ -1,0 +1,141 @@
+"""A weight-sharing supernet over the search space (single path: one candidate per forward pass).
+
+It is built from the model library's own modules, by composition: the blocks of the base variant with
+every block keeping its Q/K/V projection (``share=()``), one :class:`psvit.model.TokenPool` per stage,
+kind and op, and the base's embedding, norm and head. A path (a :class:`Candidate`) runs the first ``d``
+blocks of each stage; a sharing block skips its own Q and K and uses the previous block's map with the V
+part of its own ``qkv`` projection. :meth:`Supernet.extract` copies a path's weights into a stand-alone
+:class:`psvit.PSViT` that computes the same function (``tests/test_search.py`` checks it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import PSViTConfig
+from ..model import Block, TokenPool
+from ..registry import create_model
+from .space import Candidate, SearchSpace
+
+
+def pool_key(stage: int, kind: str, op: str) -> str:
+    return f"{stage}_{kind}_{op}"
+
+
+def _init_like_psvit(module: nn.Module) -> None:
+    """The initialisation :meth:`psvit.PSViT.init_weights` gives Linear and LayerNorm layers."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class Supernet(nn.Module):
+    """All candidates of ``space`` in one set of weights; ``forward(x, path)`` runs one of them."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+        base = space.base
+        self.cfg = base  # num_classes and the input, as a PSViT exposes them
+        full = create_model(base.replace(share=()))  # every block with its own Q/K/V
+        self.patch_embed, self.cls_token, self.pos_embed = full.patch_embed, full.cls_token, full.pos_embed
+        self.blocks: nn.ModuleList = full.blocks  # global index = base stage start + position
+        self.norm, self.head = full.norm, full.head
+        self.stage_starts = base.stage_starts
+        pools = {}
+        for s in range(space.num_pools):
+            for kinds in space.kind_sequences:
+                kind = kinds[s]
+                # token counts along this kind sequence (1d layers do not use them; 2d ones see a grid)
+                counts = base.replace(pool_kinds=kinds).patch_tokens
+                for op in space.ops:
+                    key = pool_key(s, kind, op)
+                    if key not in pools:
+                        pools[key] = TokenPool(kind, op, base.dims[s], base.dims[s + 1], counts[s], counts[s + 1])
+        self.pools = nn.ModuleDict(pools)
+        _init_like_psvit(self.pools)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def _block(self, blk: Block, x: torch.Tensor, state: Any, shares: bool, provides: bool) -> tuple[torch.Tensor, Any]:
+        """One block of the path; ``state`` is the scaled Q and the K of the map owner (qk form)."""
+        qkv_layer, proj = blk.attn.qkv, blk.attn.proj
+        heads = blk.attn.heads
+        dim = x.shape[-1]
+        hd = dim // heads
+        h = blk.norm1(x)  # (B, N, D)
+        if shares:
+            w, bias = qkv_layer.weight[2 * dim:], None if qkv_layer.bias is None else qkv_layer.bias[2 * dim:]
+            v = F.linear(h, w, bias).unflatten(-1, (heads, hd)).transpose(1, 2)  # (B, H, N, hd)
+            q, k = state
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # q is pre-scaled
+        else:
+            qkv = qkv_layer(h).unflatten(-1, (3, heads, hd)).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
+            q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+            out = F.scaled_dot_product_attention(q, k, v)
+            state = (q * blk.attn.scale, k) if provides else None
+        x = x + proj(out.transpose(1, 2).flatten(2))  # (B, N, D)
+        x = x + blk.mlp(blk.norm2(x))
+        return x, state
+
+    def forward(self, x: torch.Tensor, path: Candidate) -> torch.Tensor:
+        """Logits (B, num_classes) of the candidate ``path`` for images (B, C, H, W)."""
+        x = self.patch_embed(x)  # (B, N0, D0)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed  # (B, 1 + N0, D0)
+        for s, depth in enumerate(path.depths):
+            if s > 0:
+                x = self.pools[pool_key(s - 1, path.pool_kinds[s - 1], path.pool_ops[s - 1])](x)
+            shared = set(path.share[s])
+            state = None
+            for p in range(depth):
+                blk = self.blocks[self.stage_starts[s] + p]
+                x, state = self._block(blk, x, state, p in shared, (p + 1) in shared)
+        return self.head(self.norm(x)[:, 0])
+
+    # ---- stand-alone models ---------------------------------------------------------------------
+    def extract(self, path: Candidate, **build_options: Any) -> nn.Module:
+        """A stand-alone PSViT of ``path`` with the supernet's weights (eval mode); ``build_options`` as for
+        :func:`psvit.create_model` (``exportable``, ``shared_attention``...)."""
+        cfg: PSViTConfig = self.space.to_config(path)
+        model = create_model(cfg, **build_options)
+        own = self.state_dict()
+        state: dict[str, torch.Tensor] = {}
+        for name in ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed", "norm.weight",
+                     "norm.bias", "head.weight", "head.bias"):
+            if name in own:
+                state[name] = own[name]
+        for s in range(cfg.num_stages):
+            if s > 0:
+                prefix = f"pools.{pool_key(s - 1, path.pool_kinds[s - 1], path.pool_ops[s - 1])}."
+                state.update({f"pools.{s - 1}.{k[len(prefix):]}": v for k, v in own.items() if k.startswith(prefix)})
+            for p in range(path.depths[s]):
+                src, dst = f"blocks.{self.stage_starts[s] + p}.", f"blocks.{cfg.stage_starts[s] + p}."
+                part = {k[len(src):]: v for k, v in own.items() if k.startswith(src)}
+                if p in path.share[s]:
+                    dim = cfg.dims[s]
+                    part["attn.v.weight"] = part.pop("attn.qkv.weight")[2 * dim:]
+                    if "attn.qkv.bias" in part:
+                        part["attn.v.bias"] = part.pop("attn.qkv.bias")[2 * dim:]
+                state.update({dst + k: v.clone() for k, v in part.items()})
+        model.load_state_dict(state, strict=True)
+        model.variant = None
+        return model.eval()
+
+
+class SubnetView(nn.Module):
+    """One path of a supernet as an ordinary classifier (``model(x)``), for evaluation."""
+
+    def __init__(self, supernet: Supernet, path: Candidate) -> None:
+        super().__init__()
+        self.supernet, self.path = supernet, path
+        self.cfg = supernet.cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet(x, self.path)
