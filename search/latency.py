@@ -50,7 +50,7 @@ class LatencyTarget:
     shared_attention: str = "map"
     warmup: int = 10
     iters: int = 20
-    rounds: int = 5
+    rounds: int = 10
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -205,10 +205,18 @@ def calibration_design(space: SearchSpace, target: LatencyTarget, size: int | No
 class LatencyMeter:
     """Exports candidates and times them on ``target`` through :mod:`psvit.runtime` (interleaved rounds)."""
 
-    def __init__(self, target: LatencyTarget, group: int = 16, log: Log | None = None) -> None:
+    def __init__(self, target: LatencyTarget, group: int | None = None, log: Log | None = None) -> None:
         self.target = target
-        self.group = group
+        self.group = group  # models loaded and interleaved at once; None: as many as ~1.5 GB of weights allow
         self.say = log or (lambda _m: None)
+
+    def _group_size(self, configs: Sequence[PSViTConfig]) -> int:
+        if self.group is not None:
+            return max(1, self.group)
+        from ..stats import model_stats
+
+        largest = max(model_stats(c).params for c in configs)
+        return max(4, min(64, int(1.5e9 // (12 * largest))))  # weights x ~3 copies (torch, ONNX, session)
 
     def _artifact(self, cfg: PSViTConfig, folder: Path, name: str) -> Path:
         """The file that is timed: a checkpoint (torch), its ONNX export or an engine built from it."""
@@ -251,8 +259,9 @@ class LatencyMeter:
         results: list[float] = [math.nan] * len(configs)
         folder = Path(tempfile.mkdtemp(prefix="psvit-search-latency-"))
         try:
-            for start in range(0, len(configs), self.group):
-                idx = list(range(start, min(start + self.group, len(configs))))
+            group = self._group_size(configs)
+            for start in range(0, len(configs), group):
+                idx = list(range(start, min(start + group, len(configs))))
                 runtimes = []
                 for i in idx:
                     runtimes.append(self._load(self._artifact(configs[i], folder, f"c{i}")))
