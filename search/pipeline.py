@@ -103,6 +103,8 @@ def prepare_output_path(out: Path) -> None:
     """Refuse an output that can never hold the search (a file, a missing or read-only parent) before any work."""
     if out.exists() and not out.is_dir():
         raise SearchError(f"--out {out} is a file; name a folder for the search (it is created)")
+    if out.is_dir() and not (out / SETTINGS).is_file() and any(out.iterdir()):
+        raise SearchError(f"--out {out} is not empty and holds no search; choose an empty or new folder")
     check_output_folder(out / SETTINGS if out.is_dir() else out, SearchError)
 
 
@@ -118,10 +120,7 @@ def prepare_folder(out: Path, record: dict[str, Any]) -> bool:
                 raise SearchError(
                     f"{out} holds a search with other settings ({', '.join(keys)} differ); re-run it with the same "
                     f"options and data to resume, or choose another --out")
-            check_output_folder(out / RESULTS, SearchError)
             return True
-        if any(out.iterdir()):
-            raise SearchError(f"--out {out} is not empty and holds no search; choose an empty or new folder")
     else:
         out.mkdir()
     check_output_folder(out / SETTINGS, SearchError)
