@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--generations", type=int, default=10)
     p.add_argument("--train-threads", type=int, default=2)
     p.add_argument("--calibration-size", type=int, default=None, help="latency calibration set (default: the library's)")
+    p.add_argument("--reuse-calibration", type=Path, default=None,
+                   help="a latency.json of an earlier search with the same target: skips measuring the calibration set")
     p.add_argument("--test-count", type=int, default=2000, help="fresh synthetic test images (seed 12345)")
     args = p.parse_args(argv)
 
@@ -151,6 +153,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             supernet_epochs=args.supernet_epochs, population=args.population, generations=args.generations,
             seed=0, threads=args.train_threads, winner_epochs=args.epochs, winner_init="scratch",
             calibration_size=args.calibration_size)
+        if args.reuse_calibration is not None:
+            from psvit.search.pipeline import LATENCY, prepare_folder, settings_record
+
+            prepare_folder(args.work / "search", settings_record(settings, data))
+            (args.work / "search" / LATENCY).write_text(args.reuse_calibration.read_text())
         t0 = time.perf_counter()
         rec = run_search(settings, data, args.work / "search", log=print, progress=False, command="benchmarks/search_micro.py")
         return {"wall_seconds": round(time.perf_counter() - t0, 1), "best": rec["best"],

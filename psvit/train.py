@@ -106,6 +106,18 @@ def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe) -> torch.optim.A
     )
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, lr: float,
+                   grad_clip: float | None) -> None:
+    """One update: backpropagate ``loss``, clip the gradient norm (if ``grad_clip``), step at ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
     """Linear warmup from lr/warmup to lr, then cosine decay to ``min_lr`` at the last step."""
     if step < warmup_steps:
@@ -130,6 +142,11 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) ->
         yield order[start:start + batch_size]
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters live: batches are moved there (training and evaluation follow the model)."""
+    return next(model.parameters()).device
+
+
 def to_tensor(pixels: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
     """uint8 (B, C, H, W) pixels -> the normalised float32 batch the model takes."""
     return torch.from_numpy(preprocess.normalize(pixels))  # (B, C, H, W) float32
@@ -150,14 +167,15 @@ def augment(x: torch.Tensor, pad: int, hflip: bool, generator: torch.Generator) 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: LabeledImages, preprocess: Preprocess, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on ``data`` (eval mode; the model's mode is restored)."""
+    """Top-1 accuracy of ``model`` on ``data`` (eval mode; the model's mode is restored), on the model's device."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     correct = 0
     for idx in batch_indices(len(data), batch_size, None):
         i = idx.numpy()
-        logits = model(to_tensor(data.pixels[i], preprocess))  # (B, num_classes)
-        correct += int((logits.argmax(-1).numpy() == data.labels[i]).sum())
+        logits = model(to_tensor(data.pixels[i], preprocess).to(device))  # (B, num_classes)
+        correct += int((logits.argmax(-1).cpu().numpy() == data.labels[i]).sum())
     model.train(was_training)
     return correct / max(1, len(data))
 
@@ -209,6 +227,7 @@ def train(
     warmup = min(total - 1, int(round(recipe.warmup_epochs * steps_per_epoch)))
     generator = torch.Generator().manual_seed(recipe.seed)
     labels = torch.from_numpy(train_data.labels)
+    device = model_device(model)
     history: list[EpochRecord] = []
     start = time.perf_counter()
     step = 0
@@ -220,18 +239,12 @@ def train(
             loss_sum, correct, seen = 0.0, 0, 0
             for idx in batch_indices(len(train_data), recipe.batch_size, generator):
                 lr = lr_at(step, total, warmup, recipe.lr, recipe.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
                 x = to_tensor(train_data.pixels[idx.numpy()], preprocess)  # (B, C, H, W)
-                x = augment(x, recipe.pad, recipe.hflip, generator)
-                y = labels[idx]
+                x = augment(x, recipe.pad, recipe.hflip, generator).to(device)
+                y = labels[idx].to(device)
                 logits = model(x)  # (B, num_classes)
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
+                optimizer_step(optimizer, model, loss, lr, recipe.grad_clip)
                 step += 1
                 loss_sum += loss.item() * len(idx)
                 correct += int((logits.argmax(-1) == y).sum())

@@ -67,6 +67,7 @@ class SearchSettings:
     winner_init: str = "scratch"
     calibration_size: int | None = None
     eval_images: int | None = None
+    train_device: str = "cpu"
 
     def __post_init__(self) -> None:
         b = self.latency_budget_ms
@@ -84,6 +85,9 @@ class SearchSettings:
             (self.calibration_size is None or self.calibration_size >= 4,
              f"--calibration-size must be at least 4, got {self.calibration_size}"),
             (self.eval_images is None or self.eval_images >= 1, f"--eval-images must be at least 1, got {self.eval_images}"),
+            (self.train_device in ("cpu", "cuda"), f"--train-device must be cpu or cuda, got {self.train_device!r}"),
+            (self.train_device == "cpu" or torch.cuda.is_available(),
+             "--train-device cuda: PyTorch sees no CUDA GPU here; train on the CPU or install a CUDA build of torch"),
         )
         for ok, message in checks:
             if not ok:
@@ -228,7 +232,7 @@ def run_search(
 
     # 2. the supernet
     torch.manual_seed(settings.seed)
-    supernet = Supernet(space)
+    supernet = Supernet(space).to(settings.train_device)
     supernet_record = train_supernet(supernet, space, train_data, heldout, preprocess,
                                      settings.recipe(settings.supernet_epochs), out / SUPERNET, log=say,
                                      on_checkpoint=ctx.hook)
@@ -340,6 +344,7 @@ def _winner_stage(ctx: _Context, supernet: Supernet, cand: Candidate, train_data
     else:
         torch.manual_seed(s.seed)
         model = create_model(cfg)
+    model = model.to(s.train_device)
     ctx.say(f"training the chosen candidate stand-alone: {epochs} epochs from {s.winner_init} weights")
     recipe = s.recipe(max(epochs, 1))
     if epochs > 0:

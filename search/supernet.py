@@ -25,18 +25,6 @@ def pool_key(stage: int, kind: str, op: str) -> str:
     return f"{stage}_{kind}_{op}"
 
 
-def _init_like_psvit(module: nn.Module) -> None:
-    """The initialisation :meth:`psvit.PSViT.init_weights` gives Linear and LayerNorm layers."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 class Supernet(nn.Module):
     """All candidates of ``space`` in one set of weights; ``forward(x, path)`` runs one of them."""
 
@@ -50,18 +38,17 @@ class Supernet(nn.Module):
         self.blocks: nn.ModuleList = full.blocks  # global index = base stage start + position
         self.norm, self.head = full.norm, full.head
         self.stage_starts = base.stage_starts
-        pools = {}
-        for s in range(space.num_pools):
-            for kinds in space.kind_sequences:
-                kind = kinds[s]
-                # token counts along this kind sequence (1d layers do not use them; 2d ones see a grid)
-                counts = base.replace(pool_kinds=kinds).patch_tokens
-                for op in space.ops:
-                    key = pool_key(s, kind, op)
-                    if key not in pools:
-                        pools[key] = TokenPool(kind, op, base.dims[s], base.dims[s + 1], counts[s], counts[s + 1])
-        self.pools = nn.ModuleDict(pools)
-        _init_like_psvit(self.pools)
+        pools: dict[str, TokenPool] = {}
+        for kinds in space.kind_sequences:
+            for op in space.ops:
+                if all(pool_key(s, k, op) in pools for s, k in enumerate(kinds)):
+                    continue
+                # pooling layers built and initialised by the model library, along one kind sequence
+                # (its token counts: 2d layers see their grid; 1d layers do not depend on them)
+                donor = create_model(base.replace(pool_kinds=kinds, pool_ops=op, share=(), depths=(1,) * base.num_stages))
+                for s, kind in enumerate(kinds):
+                    pools.setdefault(pool_key(s, kind, op), donor.pools[s])
+        self.pools = nn.ModuleDict(dict(sorted(pools.items())))
 
     # ---- forward --------------------------------------------------------------------------------
     def _block(self, blk: Block, x: torch.Tensor, state: Any, shares: bool, provides: bool) -> tuple[torch.Tensor, Any]:

@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from ..data import LabeledImages
 from ..preprocessing import Preprocess
 from ..provenance import atomic_output
-from ..train import TrainRecipe, augment, batch_indices, evaluate, lr_at, make_optimizer, to_tensor, torch_threads
+from ..train import (
+    TrainRecipe, augment, batch_indices, evaluate, lr_at, make_optimizer, model_device, optimizer_step, to_tensor,
+    torch_threads,
+)
 from .space import SearchSpace
 from .supernet import Supernet, SubnetView
 
@@ -67,12 +70,13 @@ def train_supernet(
     generator = torch.Generator().manual_seed(recipe.seed)
     paths = np.random.default_rng([recipe.seed, 1])
     labels = torch.from_numpy(train_data.labels)
+    device = model_device(supernet)  # training follows the supernet's device (CPU, or a GPU for large bases)
     history: list[dict[str, Any]] = []
     epoch0, step, seconds = 0, 0, 0.0
     saved = load_state(state_path)
     if saved is not None:
         supernet.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        optimizer.load_state_dict(saved["optimizer"])  # its state follows the parameters' device
         generator.set_state(saved["generator"])
         paths.bit_generator.state = json.loads(saved["paths"])
         epoch0, step, seconds = int(saved["epoch"]), int(saved["step"]), float(saved["seconds"])
@@ -88,16 +92,11 @@ def train_supernet(
             loss_sum, seen = 0.0, 0
             for idx in batch_indices(len(train_data), recipe.batch_size, generator):
                 lr = lr_at(step, total, warmup, recipe.lr, recipe.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
                 x = augment(to_tensor(train_data.pixels[idx.numpy()], preprocess), recipe.pad, recipe.hflip, generator)
-                path = space.sample(paths)
-                loss = F.cross_entropy(supernet(x, path), labels[idx], label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(supernet.parameters(), recipe.grad_clip)
-                optimizer.step()
+                path = space.sample(paths)  # one candidate per step: single-path uniform sampling
+                loss = F.cross_entropy(supernet(x.to(device), path), labels[idx].to(device),
+                                       label_smoothing=recipe.label_smoothing)
+                optimizer_step(optimizer, supernet, loss, lr, recipe.grad_clip)
                 step += 1
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
