@@ -267,6 +267,8 @@ class LatencyMeter:
                     runtimes.append(self._load(self._artifact(configs[i], folder, f"c{i}")))
                     if progress is not None:
                         progress(1)
+                    if (i + 1) % 10 == 0 or i + 1 == len(configs):
+                        self.say(f"latency: {i + 1}/{len(configs)} candidates exported and loaded")
                 try:
                     for rt in runtimes:
                         profile_runtime(rt, t.batch, warmup=t.warmup, iters=1, preprocess=False)

@@ -295,7 +295,7 @@ def run_search(
         "batch": target.batch, "target": target.to_dict(), "latency_budget_ms": settings.latency_budget_ms,
         "versions": package_versions("torch", "onnx", "onnxruntime", "onnxscript", "numpy"),
         "settings": settings.to_dict(), "command": command,
-        "data": settings_record(settings, data)["data"], "split": {
+        "data": settings_record(settings, data)["data"], "classes": list(data.class_names), "split": {
             "val_fraction": settings.val_fraction, "seed": settings.seed, "train_images": len(train_data),
             "heldout_images": len(heldout), "ranking_images": len(ranking)},
         "space": {"size": space.size(), "description": space.describe()},

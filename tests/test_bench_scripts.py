@@ -18,7 +18,7 @@ def script(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency"])
+@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency", "search_micro"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         script(name).main(["--help"])
@@ -50,3 +50,11 @@ def test_runtime_overhead_runs(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["bare_ms"] > 0 and data["runtime_ms"] > 0 and len(data["round_medians_ms"]["runtime infer"]) == 2
     assert result["overhead_pct"] == pytest.approx(data["overhead_pct"])
+
+
+def test_search_benchmark_kendall_tau():
+    tau = script("search_micro").kendall_tau
+    assert tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # 2 concordant, 1 discordant pair
+    assert tau([1, 2, 3, 4], [1, 1, 2, 3]) == pytest.approx(5 / 30**0.5)  # tau-b with a tie

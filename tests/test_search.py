@@ -316,7 +316,7 @@ def test_search_writes_results_and_a_normal_checkpoint(finished_search, tmp_path
     assert best["standalone_accuracy"] == pytest.approx(best["accuracy"], abs=1.01 / saved["split"]["heldout_images"])
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpt = psvit.load_checkpoint(out / "best.safetensors")
-    assert ckpt.config.to_dict() == best["config"] and ckpt.class_names == saved["data"]["classes"]
+    assert ckpt.config.to_dict() == best["config"] and ckpt.class_names == saved["classes"]
     assert ckpt.metadata["search"]["candidate"] == best["candidate"]
     from psvit.export import export_onnx
 
