@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--count", type=int, default=8000, help="synthetic images")
     p.add_argument("--supernet-epochs", type=int, default=20)
     p.add_argument("--epochs", type=int, default=20, help="stand-alone recipe (winner, baseline, inherit)")
+    p.add_argument("--inherit-epochs", type=int, default=5, help="fine-tuning epochs from inherited weights")
+    p.add_argument("--rank-pool", type=int, default=100, help="random candidates the ranking set is drawn from")
     p.add_argument("--rank-epochs", type=int, default=10, help="stand-alone epochs of the ranking candidates")
     p.add_argument("--rank-candidates", type=int, default=10)
     p.add_argument("--latency-candidates", type=int, default=24)
@@ -113,9 +115,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--population", type=int, default=20)
     p.add_argument("--generations", type=int, default=10)
     p.add_argument("--train-threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64, help="every training run's batch size")
     p.add_argument("--calibration-size", type=int, default=None, help="latency calibration set (default: the library's)")
     p.add_argument("--reuse-calibration", type=Path, default=None,
                    help="a latency.json of an earlier search with the same target: skips measuring the calibration set")
+    p.add_argument("--supernet-init", default="demo",
+                   help="warm-start checkpoint of the supernet ('' for none; 'demo' was trained on this very split)")
+    p.add_argument("--supernet-lr", type=float, default=5e-4)
+    p.add_argument("--eval-images", type=int, default=None, help="held-out images that rank candidates")
+    p.add_argument("--baseline", choices=("demo", "retrain"), default="demo",
+                   help="psvit_micro trained with the recipe: the bundled demo (trained with exactly this recipe "
+                        "on this split; checked) or retrained here")
+    p.add_argument("--no-refit", action="store_true",
+                   help="latency model stage: do not re-measure the calibration set beside the fresh candidates")
     p.add_argument("--test-count", type=int, default=2000, help="fresh synthetic test images (seed 12345)")
     args = p.parse_args(argv)
 
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = load_synthetic(args.count, 0, pre)
     tr_idx, ho_idx = split_indices(data.labels, 0.2, 0)
     train_data, heldout = data.subset(tr_idx), data.subset(ho_idx)
-    recipe = TrainRecipe(epochs=args.epochs, batch_size=64, lr=1e-3, seed=0, threads=args.train_threads, hflip=True)
+    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, seed=0, threads=args.train_threads, hflip=True)
     space = SearchSpace(base)
 
     budget = stages.run("budget", lambda: {"psvit_micro_ms": LatencyMeter(target).measure([base])[0]})
@@ -151,8 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings = SearchSettings(
             base="psvit_micro", latency_budget_ms=round(budget_ms, 4), target=target,
             supernet_epochs=args.supernet_epochs, population=args.population, generations=args.generations,
-            seed=0, threads=args.train_threads, winner_epochs=args.epochs, winner_init="scratch",
-            calibration_size=args.calibration_size)
+            seed=0, threads=args.train_threads, winner_epochs=args.epochs, winner_init="scratch", batch_size=args.batch_size,
+            calibration_size=args.calibration_size, supernet_init=args.supernet_init or None,
+            supernet_lr=args.supernet_lr, eval_images=args.eval_images)
         if args.reuse_calibration is not None:
             from psvit.search.pipeline import LATENCY, prepare_folder, settings_record
 
@@ -186,6 +199,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return model, result.final_top1
 
     def baseline() -> dict[str, Any]:
+        if args.baseline == "demo":
+            demo = psvit.load_checkpoint("demo")
+            t = demo.metadata["training"]
+            same = (demo.metadata["data"]["count"] == args.count and demo.metadata["data"]["seed"] == 0
+                    and t["val_fraction"] == 0.2 and t["recipe"]["epochs"] == args.epochs
+                    and t["recipe"]["batch_size"] == args.batch_size and t["recipe"]["lr"] == 1e-3)
+            if not same:
+                raise SystemExit("--baseline demo needs --count 8000 --epochs 20 --batch-size 64 (the demo's recipe)")
+            return {"source": "bundled demo checkpoint (psvit_micro, this recipe, this split)",
+                    "heldout_top1": evaluate(demo.model, heldout, pre), "test_top1": evaluate(demo.model, fresh, pre)}
         torch.manual_seed(0)
         model, top1 = fit(psvit.create_model(base), train_data, heldout, recipe)
         torch.save(model.state_dict(), args.work / "baseline.pt")
@@ -203,8 +226,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def inherit() -> dict[str, Any]:
         model = supernet().extract(win_cand)
         inherited = evaluate(model, heldout, pre)
-        model, top1 = fit(model, train_data, heldout, recipe)
-        return {"inherited_heldout_top1": inherited, "heldout_top1": top1, "test_top1": evaluate(model, fresh, pre)}
+        rec = TrainRecipe(epochs=args.inherit_epochs, batch_size=args.batch_size, lr=args.supernet_lr, seed=0,
+                          threads=args.train_threads, hflip=True)
+        model, top1 = fit(model, train_data, heldout, rec)
+        return {"inherited_heldout_top1": inherited, "inherited_test_top1": evaluate(supernet().extract(win_cand), fresh, pre),
+                "epochs": args.inherit_epochs, "lr": args.supernet_lr, "heldout_top1": top1,
+                "test_top1": evaluate(model, fresh, pre)}
 
     inh = stages.run("inherit", inherit)
 
@@ -223,13 +250,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         net = supernet()
         rng = np.random.default_rng(7)
         pool: dict[str, Candidate] = {}
-        while len(pool) < 200:
+        while len(pool) < args.rank_pool:
             c = space.sample(rng)
             pool[c.key] = c
-        scored = sorted(((evaluate(SubnetView(net, c), heldout, pre), k) for k, c in pool.items()))
+        ranking_set = heldout.subset(np.arange(min(args.eval_images or len(heldout), len(heldout))))
+        scored = sorted(((evaluate(SubnetView(net, c), ranking_set, pre), k) for k, c in pool.items()))
         picks = np.unique(np.linspace(0, len(scored) - 1, args.rank_candidates).round().astype(int))
         rows = []
-        rec = TrainRecipe(epochs=args.rank_epochs, batch_size=64, lr=1e-3, seed=0, threads=args.train_threads, hflip=True)
+        rec = TrainRecipe(epochs=args.rank_epochs, batch_size=args.batch_size, lr=1e-3, seed=0, threads=args.train_threads, hflip=True)
         for n, i in enumerate(picks):
             acc, key = scored[int(i)]
             c = pool[key]
@@ -239,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"ranking {n + 1}/{len(picks)}: supernet {acc:.3f} stand-alone {top1:.3f}", flush=True)
         tau = kendall_tau([r["supernet_top1"] for r in rows], [r["standalone_top1"] for r in rows])
         return {"kendall_tau": tau, "candidates": rows, "rank_epochs": args.rank_epochs,
+                "supernet_accuracy_on": f"the first {len(ranking_set)} held-out images",
                 "sampled": len(pool)}
 
     rank = stages.run("ranking", ranking)
@@ -259,16 +288,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cal_cfgs = [space.to_config(Candidate.from_dict(c)) for c in cal["candidates"]]
         # the calibration set measured again, interleaved with the fresh candidates: the model refitted on it
         # is judged under the very same machine load (the search's own model is reported too)
-        both = LatencyMeter(target).measure(cal_cfgs + cfgs)
-        cal_again, measured = both[:len(cal_cfgs)], both[len(cal_cfgs):]
-        same_session = fit_latency_model([component_counts(c, target) for c in cal_cfgs], cal_again, target,
-                                         names=sorted(model.costs_ms))
+        if args.no_refit:
+            measured, same_session = LatencyMeter(target).measure(cfgs), model
+        else:
+            both = LatencyMeter(target).measure(cal_cfgs + cfgs)
+            cal_again, measured = both[:len(cal_cfgs)], both[len(cal_cfgs):]
+            same_session = fit_latency_model([component_counts(c, target) for c in cal_cfgs], cal_again, target,
+                                             names=sorted(model.costs_ms))
         predicted = [same_session.predict(c, target) for c in cfgs]
         predicted_search = [model.predict(c, target) for c in cfgs]
         rel_search = [pr / m - 1 for pr, m in zip(predicted_search, measured)]
         macs = [count_macs(c) for c in cfgs]
         rel = [pr / m - 1 for pr, m in zip(predicted, measured)]
-        return {"candidates": [{"candidate": c.to_dict(), "measured_ms": m, "predicted_ms": pr,
+        return {"refit_same_session": not args.no_refit,
+                "candidates": [{"candidate": c.to_dict(), "measured_ms": m, "predicted_ms": pr,
                                 "predicted_ms_search_model": ps, "macs": mc,
                                 "components": dict(component_counts(cfg, target))}
                                for c, cfg, m, pr, ps, mc in zip(cands, cfgs, measured, predicted, predicted_search, macs)],
@@ -286,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         folder = write_digits(args.work / "digits")
         d = load_image_folder(folder, pre)
         tr, ho = split_indices(d.labels, 0.2, 0)
-        rec = TrainRecipe(epochs=args.digits_epochs, batch_size=64, lr=1e-3, seed=0, threads=args.train_threads,
+        rec = TrainRecipe(epochs=args.digits_epochs, batch_size=args.batch_size, lr=1e-3, seed=0, threads=args.train_threads,
                           hflip=False)
         out = {"images": len(d), "source": "sklearn.datasets.load_digits (bundled with scikit-learn)"}
         for name, cfg in (("winner", win_cfg), ("psvit_micro", base)):

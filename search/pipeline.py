@@ -68,6 +68,8 @@ class SearchSettings:
     calibration_size: int | None = None
     eval_images: int | None = None
     train_device: str = "cpu"
+    supernet_init: str | None = None
+    supernet_lr: float | None = None
 
     def __post_init__(self) -> None:
         b = self.latency_budget_ms
@@ -94,12 +96,17 @@ class SearchSettings:
                 raise SearchError(message)
         check_fraction(self.val_fraction)
 
-    def recipe(self, epochs: int) -> TrainRecipe:
-        return TrainRecipe(epochs=epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+    def recipe(self, epochs: int, lr: float | None = None) -> TrainRecipe:
+        return TrainRecipe(epochs=epochs, batch_size=self.batch_size, lr=lr or self.lr, seed=self.seed,
                            threads=self.threads, hflip=self.hflip)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
+        """The settings of a search folder's ``settings.json`` (its ``"settings"`` entry)."""
+        return cls(**{**d, "target": LatencyTarget(**d["target"])})
 
 
 # ---- the output folder ----------------------------------------------------------------------------
@@ -232,10 +239,13 @@ def run_search(
 
     # 2. the supernet
     torch.manual_seed(settings.seed)
-    supernet = Supernet(space).to(settings.train_device)
+    supernet = Supernet(space)
+    init = _warm_start(supernet, space, settings.supernet_init, say) if settings.supernet_init else None
+    supernet = supernet.to(settings.train_device)
     supernet_record = train_supernet(supernet, space, train_data, heldout, preprocess,
-                                     settings.recipe(settings.supernet_epochs), out / SUPERNET, log=say,
-                                     on_checkpoint=ctx.hook)
+                                     settings.recipe(settings.supernet_epochs, settings.supernet_lr), out / SUPERNET,
+                                     log=say, on_checkpoint=ctx.hook)
+    supernet_record["init"] = init
 
     # 3. the search
     accuracies: dict[str, float] = {}
@@ -320,6 +330,21 @@ def require_plot() -> None:
     from ..errors import require
 
     require("matplotlib", "'psvit-deploy[plot]'", "the Pareto plot (or pass --no-plot)")
+
+
+def _warm_start(supernet: Supernet, space: SearchSpace, source: str, say: Log) -> dict[str, Any]:
+    """Copy a trained checkpoint of a candidate (usually the base variant) into the supernet."""
+    from ..checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(source)
+    try:
+        cand = space.from_config(ckpt.config)
+    except SearchError as exc:
+        raise SearchError(f"--supernet-init {source}: its architecture is not a candidate of the space around "
+                          f"the base ({exc}); pass a checkpoint of the base variant trained on this data") from None
+    supernet.absorb(ckpt.model, cand)
+    say(f"supernet warm-started from {ckpt.path} ({cand.key})")
+    return {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "candidate": cand.to_dict()}
 
 
 def _base_candidate(space: SearchSpace, cfg: Any) -> Candidate | None:

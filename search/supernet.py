@@ -87,33 +87,55 @@ class Supernet(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
     # ---- stand-alone models ---------------------------------------------------------------------
+    def _path_keys(self, path: Candidate) -> dict[str, tuple[str, bool, int]]:
+        """Stand-alone state-dict prefix -> (supernet prefix, is a sharing block, width) along ``path``."""
+        cfg = self.space.to_config(path)
+        keys: dict[str, tuple[str, bool, int]] = {}
+        for s in range(cfg.num_stages):
+            if s > 0:
+                keys[f"pools.{s - 1}."] = (f"pools.{pool_key(s - 1, path.pool_kinds[s - 1], path.pool_ops[s - 1])}.",
+                                           False, 0)
+            for p in range(path.depths[s]):
+                keys[f"blocks.{cfg.stage_starts[s] + p}."] = (f"blocks.{self.stage_starts[s] + p}.", p in path.share[s],
+                                                              cfg.dims[s])
+        return keys
+
+    def _translate(self, name: str, keys: dict[str, tuple[str, bool, int]]) -> tuple[str, slice | None]:
+        """A stand-alone parameter name -> (supernet name, rows of it); a sharer's V is the V part of qkv."""
+        for prefix, (target, shares, dim) in keys.items():
+            if name.startswith(prefix):
+                rest = name[len(prefix):]
+                if shares and rest.startswith("attn.v."):
+                    return f"{target}attn.qkv.{rest[len('attn.v.'):]}", slice(2 * dim, 3 * dim)
+                return target + rest, None
+        return name, None  # embeddings, norm, head
+
     def extract(self, path: Candidate, **build_options: Any) -> nn.Module:
         """A stand-alone PSViT of ``path`` with the supernet's weights (eval mode); ``build_options`` as for
         :func:`psvit.create_model` (``exportable``, ``shared_attention``...)."""
         cfg: PSViTConfig = self.space.to_config(path)
         model = create_model(cfg, **build_options)
-        own = self.state_dict()
-        state: dict[str, torch.Tensor] = {}
-        for name in ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed", "norm.weight",
-                     "norm.bias", "head.weight", "head.bias"):
-            if name in own:
-                state[name] = own[name]
-        for s in range(cfg.num_stages):
-            if s > 0:
-                prefix = f"pools.{pool_key(s - 1, path.pool_kinds[s - 1], path.pool_ops[s - 1])}."
-                state.update({f"pools.{s - 1}.{k[len(prefix):]}": v for k, v in own.items() if k.startswith(prefix)})
-            for p in range(path.depths[s]):
-                src, dst = f"blocks.{self.stage_starts[s] + p}.", f"blocks.{cfg.stage_starts[s] + p}."
-                part = {k[len(src):]: v for k, v in own.items() if k.startswith(src)}
-                if p in path.share[s]:
-                    dim = cfg.dims[s]
-                    part["attn.v.weight"] = part.pop("attn.qkv.weight")[2 * dim:]
-                    if "attn.qkv.bias" in part:
-                        part["attn.v.bias"] = part.pop("attn.qkv.bias")[2 * dim:]
-                state.update({dst + k: v.clone() for k, v in part.items()})
+        own, keys = self.state_dict(), self._path_keys(path)
+        state = {}
+        for name in model.state_dict():
+            src, rows = self._translate(name, keys)
+            state[name] = (own[src] if rows is None else own[src][rows]).clone()
         model.load_state_dict(state, strict=True)
         model.variant = None
         return model.eval()
+
+    @torch.no_grad()
+    def absorb(self, model: nn.Module, path: Candidate) -> int:
+        """Copy a trained stand-alone model of ``path`` into the supernet (the inverse of :meth:`extract`),
+        e.g. to warm-start it from a trained base variant; returns the number of tensors copied. The Q/K rows
+        of a block that shares in ``model`` keep the supernet's values."""
+        own, keys = self.state_dict(), self._path_keys(path)
+        copied = 0
+        for name, value in model.state_dict().items():
+            dst, rows = self._translate(name, keys)
+            (own[dst] if rows is None else own[dst][rows]).copy_(value)
+            copied += 1
+        return copied
 
 
 class SubnetView(nn.Module):

@@ -69,6 +69,10 @@ def search_command(
     eval_images: Annotated[Optional[int], typer.Option(
         help="Held-out images that rank candidates (default: all).")] = None,
     train_device: Annotated[Device, typer.Option(help="Device that trains the supernet and the winner.")] = Device.cpu,
+    supernet_init: Annotated[Optional[str], typer.Option(
+        help="Warm-start the supernet from a trained checkpoint of the base (or 'demo').")] = None,
+    supernet_lr: Annotated[Optional[float], typer.Option(
+        help="Supernet learning rate (default: --lr).")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write pareto.png.")] = True,
 ) -> None:
     """Search pooling and sharing under a latency budget measured on the target."""
@@ -87,7 +91,7 @@ def search_command(
         population=population, generations=generations, seed=seed, val_fraction=val_fraction,
         batch_size=batch_size, lr=lr, hflip=data == SYNTHETIC, threads=threads, winner_epochs=winner_epochs,
         winner_init=winner_init.value, calibration_size=calibration_size, eval_images=eval_images,
-        train_device=train_device.value,
+        train_device=train_device.value, supernet_init=supernet_init, supernet_lr=supernet_lr,
     )
     check_fraction(val_fraction)
     prepare_output_path(out)  # before loading data and minutes of work
