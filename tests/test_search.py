@@ -119,6 +119,24 @@ def test_sharing_blocks_inherit_the_v_part_of_the_supernet_projection():
     assert not hasattr(model.blocks[3].attn, "qkv")
 
 
+def test_absorb_is_the_inverse_of_extract():
+    """Warm start: a trained stand-alone model copied into the supernet comes back out unchanged."""
+    space = SearchSpace(MICRO)
+    net = Supernet(space)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    path = Candidate((2, 2, 1), ("2d", "1d"), ("avg", "conv"), ((1,), (1,), ()))
+    torch.manual_seed(5)
+    trained = psvit.create_model(space.to_config(path))
+    assert net.absorb(trained, path) == len(trained.state_dict())
+    back = net.extract(path).state_dict()
+    assert all(torch.equal(back[k], v) for k, v in trained.state_dict().items())
+    after = net.state_dict()
+    assert torch.equal(after["blocks.1.attn.qkv.weight"][:128], before["blocks.1.attn.qkv.weight"][:128])  # Q/K kept
+    assert torch.equal(after["blocks.5.mlp.fc1.weight"], before["blocks.5.mlp.fc1.weight"])  # not on the path
+    assert torch.equal(after["pools.0_2d_conv.pool.weight"], before["pools.0_2d_conv.pool.weight"])
+    assert not torch.equal(after["pools.0_2d_avg.cls_proj.weight"], before["pools.0_2d_avg.cls_proj.weight"])
+
+
 def test_supernet_trains_every_pooling_module_it_samples():
     space = SearchSpace(MICRO)
     net = Supernet(space).train()
@@ -374,6 +392,22 @@ def test_a_budget_no_candidate_meets_is_refused_with_the_fastest_figure(tiny_dat
     model = LatencyModel(target=TINY_TARGET.to_dict(), costs_ms={k: 0.01 for k in universe}, overhead_ms=0.1)
     (out / "latency.json").write_text(json.dumps({"candidates": [], "latency_ms": [], "model": model.to_dict()}))
     with pytest.raises(BudgetError, match=r"fastest is predicted at 0\.15 ms"):
+        run_search(settings, tiny_data, out, plot=False)
+    assert not (out / "supernet.pt").exists()
+
+
+def test_a_warm_start_outside_the_space_is_refused(tiny_data, tmp_path):
+    from psvit.search.pipeline import prepare_folder, run_search, settings_record
+
+    foreign = psvit.save_checkpoint(psvit.create_model(MICRO.replace(dims=(64, 64, 128), heads=(4, 4, 8))),
+                                    tmp_path / "foreign.safetensors")
+    settings = _tiny_settings(supernet_init=str(foreign))
+    out = tmp_path / "s"
+    prepare_folder(out, settings_record(settings, tiny_data))
+    universe = component_universe(SearchSpace(MICRO), TINY_TARGET)
+    model = LatencyModel(target=TINY_TARGET.to_dict(), costs_ms={k: 0.01 for k in universe}, overhead_ms=0.1)
+    (out / "latency.json").write_text(json.dumps({"candidates": [], "latency_ms": [], "model": model.to_dict()}))
+    with pytest.raises(SearchError, match="not a candidate of the space"):
         run_search(settings, tiny_data, out, plot=False)
     assert not (out / "supernet.pt").exists()
 
