@@ -156,10 +156,6 @@ class _Context:
     hook: Checkpointed
 
 
-def _checkpoint(ctx: _Context, stage: str, step: int) -> None:
-    ctx.hook(stage, step)
-
-
 def _latency_stage(ctx: _Context) -> tuple[dict[str, Any], LatencyModel]:
     path = ctx.out / LATENCY
     if path.is_file():
@@ -171,7 +167,7 @@ def _latency_stage(ctx: _Context) -> tuple[dict[str, Any], LatencyModel]:
         record["seconds"] = round(time.perf_counter() - t0, 1)
         record["load_average"] = list(os.getloadavg())
         write_json(path, record)
-        _checkpoint(ctx, "latency", 1)
+        ctx.hook("latency", 1)
     model = LatencyModel.from_dict(record["model"])
     ctx.say(f"latency model: {len(record['latency_ms'])} candidates measured, stated error (LOO p90) "
             f"{model.stated_error:.1%}")
@@ -186,7 +182,7 @@ def _measured_front(ctx: _Context, configs: list[Any]) -> list[float]:
     measured = LatencyMeter(ctx.settings.target, log=ctx.say).measure(configs)
     write_json(path, {"configs": [c.to_dict() for c in configs], "latency_ms": measured,
                       "load_average": list(os.getloadavg())})
-    _checkpoint(ctx, "front", 1)
+    ctx.hook("front", 1)
     return measured
 
 
@@ -387,5 +383,5 @@ def _winner_stage(ctx: _Context, supernet: Supernet, cand: Candidate, train_data
     record = {"init": s.winner_init, "epochs": epochs, "standalone_accuracy": top1, "checkpoint": BEST,
               "sha256": sha256_file(best_path)}
     write_json(record_path, record)
-    _checkpoint(ctx, "winner", 1)
+    ctx.hook("winner", 1)
     return record
