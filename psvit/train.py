@@ -100,6 +100,29 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
+def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms and the token/position embeddings (as timm)."""
+    exempt = {n for n, p in model.named_parameters() if p.ndim < 2 or n in NO_DECAY}
+    decay = [p for n, p in model.named_parameters() if n not in exempt]
+    no_decay = [p for n, p in model.named_parameters() if n in exempt]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+    )
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, lr: float,
+                   grad_clip: float | None) -> None:
+    """One update: backpropagate ``loss``, clip the gradient norm (if ``grad_clip``), step at ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
     """Linear warmup from lr/warmup to lr, then cosine decay to ``min_lr`` at the last step."""
     if step < warmup_steps:
@@ -117,13 +140,20 @@ def build_model(variant: str, num_classes: int, seed: int, **overrides: Any) -> 
     return create_model(variant, num_classes=num_classes, **overrides)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    """Index batches over ``n`` items: shuffled by ``generator``, in order without one."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
 
 
-def _to_tensor(pixels: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters live: batches are moved there (training and evaluation follow the model)."""
+    return next(model.parameters()).device
+
+
+def to_tensor(pixels: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (B, C, H, W) pixels -> the normalised float32 batch the model takes."""
     return torch.from_numpy(preprocess.normalize(pixels))  # (B, C, H, W) float32
 
 
@@ -142,22 +172,24 @@ def augment(x: torch.Tensor, pad: int, hflip: bool, generator: torch.Generator) 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: LabeledImages, preprocess: Preprocess, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on ``data`` (eval mode; the model's mode is restored)."""
+    """Top-1 accuracy of ``model`` on ``data`` (eval mode; the model's mode is restored), on the model's device."""
     if len(data) == 0:
         raise DataError("no images to evaluate on: an accuracy of nothing would be a made-up number")
     was_training = model.training
     model.eval()
+    device = model_device(model)
     correct = 0
-    for idx in _batches(len(data), batch_size, None):
+    for idx in batch_indices(len(data), batch_size, None):
         i = idx.numpy()
-        logits = model(_to_tensor(data.pixels[i], preprocess))  # (B, num_classes)
-        correct += int((logits.argmax(-1).numpy() == data.labels[i]).sum())
+        logits = model(to_tensor(data.pixels[i], preprocess).to(device))  # (B, num_classes)
+        correct += int((logits.argmax(-1).cpu().numpy() == data.labels[i]).sum())
     model.train(was_training)
     return correct / len(data)
 
 
 @contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (None: unchanged), restoring the count afterwards."""
     before = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)
@@ -196,42 +228,30 @@ def train(
         )
     if len(train_data) == 0:
         raise ConfigError("no training images (all were held out); lower --val-fraction")
-    # No weight decay on biases, norms and the token/position embeddings (as timm).
-    exempt = {n for n, p in model.named_parameters() if p.ndim < 2 or n in NO_DECAY}
-    decay = [p for n, p in model.named_parameters() if n not in exempt]
-    no_decay = [p for n, p in model.named_parameters() if n in exempt]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-    )
+    optimizer = make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(train_data) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     warmup = min(total - 1, int(round(recipe.warmup_epochs * steps_per_epoch)))
     generator = torch.Generator().manual_seed(recipe.seed)
     labels = torch.from_numpy(train_data.labels)
+    device = model_device(model)
     history: list[EpochRecord] = []
     start = time.perf_counter()
     step = 0
-    with _threads(recipe.threads), _progress(progress) as bar:
+    with torch_threads(recipe.threads), _progress(progress) as bar:
         task = bar.add_task("train", total=total, epoch=f"1/{recipe.epochs}", loss=0.0, acc=0.0, val="-")
         for epoch in range(1, recipe.epochs + 1):
             model.train()
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
-            for idx in _batches(len(train_data), recipe.batch_size, generator):
+            for idx in batch_indices(len(train_data), recipe.batch_size, generator):
                 lr = lr_at(step, total, warmup, recipe.lr, recipe.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = _to_tensor(train_data.pixels[idx.numpy()], preprocess)  # (B, C, H, W)
-                x = augment(x, recipe.pad, recipe.hflip, generator)
-                y = labels[idx]
+                x = to_tensor(train_data.pixels[idx.numpy()], preprocess)  # (B, C, H, W)
+                x = augment(x, recipe.pad, recipe.hflip, generator).to(device)
+                y = labels[idx].to(device)
                 logits = model(x)  # (B, num_classes)
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
+                optimizer_step(optimizer, model, loss, lr, recipe.grad_clip)
                 step += 1
                 loss_sum += loss.item() * len(idx)
                 correct += int((logits.argmax(-1) == y).sum())

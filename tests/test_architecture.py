@@ -15,8 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # folder -> package name (pyproject's package-dir)
 FOLDERS = {"psvit": "psvit", "runtime": "psvit.runtime", "export": "psvit.export",
-           "calibration": "psvit.calibration", "serve": "psvit.serve"}
-TOP = ("psvit.cli", "psvit.demo", "psvit.pipeline", "psvit.serve")  # pipeline level: may import everything
+           "calibration": "psvit.calibration", "serve": "psvit.serve", "search": "psvit.search"}
+# pipeline level: may import everything
+TOP = ("psvit.cli", "psvit.demo", "psvit.pipeline", "psvit.serve", "psvit.search")
 LAYER = {"library": 0, "runtime": 1, "export": 2, "calibration": 3, "top": 4}
 HEAVY = ("onnx", "onnxscript", "torch")
 

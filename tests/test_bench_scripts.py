@@ -18,7 +18,8 @@ def script(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency", "triton_serving", "predict_throughput"])
+@pytest.mark.parametrize(
+    "name", ["runtime_overhead", "gpu_latency", "triton_serving", "predict_throughput", "search_micro"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         script(name).main(["--help"])
@@ -62,6 +63,7 @@ def test_predict_throughput_quick_run(tmp_path, capsys):
     assert all(r["images_per_s"] > 0 and r["stats"] is not None for r in demo["rows"])
     assert len(data["load_average"]["before"]) == 3 and result["settings"]["quick"] is True
 
+
 def test_onnx_cpu_help_and_helpers(capsys):
     onnx_cpu = script("onnx_cpu")
     with pytest.raises(SystemExit) as exc:
@@ -76,3 +78,11 @@ def test_onnx_cpu_help_and_helpers(capsys):
     assert [r["op"] for r in rows] == ["total", "MatMul", "Erf", "BiasGelu"]
     assert rows[0]["timm"] == {"ms_per_run": 11.0, "calls_per_run": 8} and rows[0]["ours"]["ms_per_run"] == 9.0
     assert rows[2]["ours"] is None and rows[3]["timm"] is None
+
+
+def test_search_benchmark_kendall_tau():
+    tau = script("search_micro").kendall_tau
+    assert tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # 2 concordant, 1 discordant pair
+    assert tau([1, 2, 3, 4], [1, 1, 2, 3]) == pytest.approx(5 / 30**0.5)  # tau-b with a tie

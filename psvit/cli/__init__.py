@@ -27,7 +27,7 @@ def _root() -> None:
 
 # Imported for their side effect of adding commands to ``app`` (after ``app`` exists).
 from . import info, data, train, onnx, compare, inspect, trt, calibrate, bench, demo  # noqa: E402,F401
-from . import predict, triton, serve, loadtest  # noqa: E402,F401
+from . import predict, search, triton, serve, loadtest  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:
