@@ -86,6 +86,20 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+# Options of a whole run that only some backends take; the other artifacts of the run ignore them.
+_BACKEND_OPTIONS = {"providers": ("onnxruntime",), "threads": ("onnxruntime", "torch")}
+
+
+def _options_for(kind: str, options: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """The run's ``options`` that the ``kind`` backend takes (``threads`` is a CPU setting: not an engine's)."""
+    opts = dict(options)
+    for name, backends in _BACKEND_OPTIONS.items():
+        if name in opts and kind not in backends:
+            del opts[name]
+            say(f"{name} does not apply to {kind} artifacts; ignored for them")
+    return opts
+
+
 def bench(
     artifacts: list[Any],
     *,
@@ -109,15 +123,17 @@ def bench(
 
     say = log or (lambda _m: None)
     warm = warmup if isinstance(warmup, Warmup) else parse_warmup(warmup)
+    # What each artifact is, before any timing: a missing or unknown second artifact fails now, not after
+    # minutes of timing the first.
+    kinds = [None if isinstance(art, Runtime) else artifact_kind(art) for art in artifacts]
     results = []
-    for art in artifacts:
-        opts = dict(options or {})
+    for art, kind in zip(artifacts, kinds):
         spec = None if isinstance(art, Runtime) else art  # a loaded runtime cannot be loaded again for layers
         if isinstance(art, Runtime):
             rt, art = art, art.name
+            opts: dict[str, Any] = {}
         else:
-            if artifact_kind(art) != "onnxruntime":
-                opts.pop("providers", None)  # ONNX Runtime's option; the other artifacts of the run ignore it
+            opts = _options_for(kind, options or {}, say)
             rt = load(art, backend=backend, device=device, **opts)
         b = rt.backend
         res = TargetResult(str(art), b.name, b.description, b.device, b.precision)

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from ..errors import require
+from ..outputs import Output, OutputKind, check_output
 from ..provenance import atomic_output
 from .bench import BenchReport
 
@@ -12,6 +13,7 @@ from .bench import BenchReport
 def plot_report(report: BenchReport, path: str | os.PathLike, phase: str = "end_to_end") -> Path:
     """Two panels — median latency (p90..p99 band) and throughput vs batch — one line per target."""
     require("matplotlib", "'psvit-deploy[plot]'", "benchmark plots")
+    path = check_output(Output(path, OutputKind.PLOT, "the plot"))  # a format matplotlib writes, before drawing
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +37,6 @@ def plot_report(report: BenchReport, path: str | os.PathLike, phase: str = "end_
     gpu = report.machine.get("gpu")
     fig.suptitle(f"{phase.replace('_', '-')} latency on {gpu or report.machine.get('processor', 'this machine')}")
     fig.tight_layout()
-    path = Path(path)
     try:
         with atomic_output(path, suffix=path.suffix) as tmp:  # a failed save leaves no half-written image
             fig.savefig(tmp, dpi=120, format=path.suffix[1:].lower() or "png")

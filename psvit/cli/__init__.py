@@ -32,18 +32,28 @@ from . import info, data, train, onnx, compare, inspect, trt, calibrate, bench, 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one clear message and exit 2, never a traceback.
 
-    Typer/click handle usage errors themselves (exit 2 with the usage line).
+    Typer/click handle usage errors themselves (exit 2 with the usage line). Ctrl-C and SIGTERM unwind the
+    same way (temporary files and folders removed) and exit 130 / 143 with one line.
     """
     from .console import err_console
+    from .signals import signals_unwind
 
-    try:
-        app(args=argv, prog_name="psvit-export")
-    except PSViTError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2
-    except SystemExit as exc:  # click ends standalone runs with sys.exit
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+    with signals_unwind() as received:
+        try:
+            app(args=argv, prog_name="psvit-export")
+        except PSViTError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
+        except SystemExit as exc:  # click ends standalone runs with sys.exit (130 after KeyboardInterrupt)
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except KeyboardInterrupt:  # raised outside click's handling (e.g. while the command module imports)
+            code = 130
+        else:
+            code = 0
+    if received.signum is not None:
+        err_console.print(f"stopped by {received.name}; nothing half-written was kept", highlight=False)
+        return received.exit_code
+    return code
 
 
 if __name__ == "__main__":

@@ -82,18 +82,18 @@ def bench_command(
 ) -> None:
     """Latency per batch size: mean/median/p90/p95/p99/min/max, CoV, throughput; compute vs end-to-end."""
     from ..errors import require
-    from ..provenance import atomic_output, check_output_folder
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
     from ..runtime.bench import bench
     from ..runtime.errors import RuntimeInputError
     from ..runtime.profiler import parse_warmup
 
     if iters < 1:
         raise RuntimeInputError(f"--iters must be at least 1, got {iters}")
-    for out in (json_out, plot):  # fail before minutes of timing, not after
-        if out is not None:
-            check_output_folder(out)
     if plot is not None:
         require("matplotlib", "'psvit-deploy[plot]'", "benchmark plots")
+    check_outputs([Output(json_out, OutputKind.JSON, "--json"), Output(plot, OutputKind.PLOT, "--plot")],
+                  inputs=artifacts)  # before minutes of timing, not after
     options: dict = {}
     if threads:
         options["threads"] = threads

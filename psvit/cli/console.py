@@ -1,7 +1,8 @@
 """Shared rich consoles: results on stdout, progress and diagnostics on stderr.
 
-Output honours ``COLUMNS``; output that is not a terminal (pipes, CI logs) and names no width is rendered
-140 columns wide so tables stay readable.
+Tables are as wide as ``COLUMNS`` says; output that is not a terminal (pipes, CI logs) and names no width is
+rendered 140 columns wide so tables stay readable. Diagnostic lines on stderr are never wrapped (soft wrap:
+the terminal folds them), so a path or a command in a message can be copied whole. Machines read ``--json``.
 """
 import os
 import sys
@@ -17,7 +18,7 @@ def _width(stream) -> int | None:
 
 
 console = Console(width=_width(sys.stdout))
-err_console = Console(stderr=True, width=_width(sys.stderr))
+err_console = Console(stderr=True, width=_width(sys.stderr), soft_wrap=True)
 
 
 def format_bytes(n: int) -> str:

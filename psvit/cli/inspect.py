@@ -1,4 +1,5 @@
-"""``psvit-export inspect FILE.onnx``: I/O, opset, ops, precision share, tokens, attention maps, metadata."""
+"""``psvit-export inspect FILE``: an ONNX file's I/O, opset, ops, precision share, tokens, attention maps and
+metadata; an engine's sidecar."""
 from __future__ import annotations
 
 import json
@@ -15,14 +16,39 @@ _LONG = ("psvit.config", "psvit.versions", "psvit.fp16", "psvit.shared_attention
          "psvit.class_names")
 
 
+def _engine(file: Path, as_json: bool) -> None:
+    """An engine: what its sidecar records (TensorRT itself needs a GPU to read the plan)."""
+    from ..runtime.tensorrt import read_sidecar
+
+    sc = read_sidecar(file)  # missing, corrupt or describing another plan: an error saying how to rebuild
+    if as_json:
+        typer.echo(json.dumps({"kind": "engine", "sidecar": sc.to_dict()}, indent=2, default=str))
+        return
+    t = Table(title=f"{file} (TensorRT engine; from its sidecar {file.name}.json)", show_header=False)
+    t.add_row("builder", f"{sc.flavour} {sc.version}")
+    t.add_row("built for", sc.device_name or f"ahead of time: compute capability "
+                                             f"{', '.join(map(str, sc.target.get('compute_capabilities', [])))}")
+    t.add_row("precision", sc.precision.upper())
+    t.add_row("batch profile", ":".join(map(str, sc.batch)) if sc.batch else f"static {sc.static_shapes}")
+    t.add_row("ONNX", f"{sc.onnx_path} (sha256 {sc.onnx_sha256[:12]}…)")
+    t.add_row("source", str(sc.source.get("description")))
+    t.add_row("size", f"{sc.engine_bytes / 1e6:.2f} MB")
+    t.add_row("built at", f"{sc.built_at} in {sc.build_seconds:.1f} s")
+    t.add_row("rebuild", sc.command)
+    console.print(t)
+
+
 @app.command("inspect")
 def inspect_command(
-    file: Annotated[Path, typer.Argument(metavar="FILE.onnx", help="An .onnx file.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="An .onnx file, or an engine (shows its sidecar).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """Summarise an ONNX artifact."""
+    """Summarise an ONNX artifact (or an engine, from its sidecar)."""
+    from ..artifacts import ArtifactKind, detect_artifact
     from ..export import inspect_onnx
 
+    if file.is_file() and detect_artifact(file).kind is ArtifactKind.ENGINE:
+        return _engine(file, as_json)
     s = inspect_onnx(file)
     if as_json:
         typer.echo(json.dumps(s.to_dict(), indent=2, default=str))  # plain: rich would wrap long lines

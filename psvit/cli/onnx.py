@@ -45,11 +45,12 @@ def onnx_command(
 ) -> None:
     """Export to ONNX with static token counts, check the graph and verify it against PyTorch."""
     from ..export import export_onnx
-    from ..provenance import atomic_output, check_output_folder
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
 
     report = deprecated_alias("--report", "--json", report_old, json_out)
-    if report is not None:
-        check_output_folder(report)  # before minutes of export, not after
+    check_outputs([Output(out, OutputKind.ONNX), Output(report, OutputKind.JSON, "--json")],  # before the export
+                  inputs=[source, data])
     result = export_onnx(
         source, out, variant=variant, fp16=fp16, fp16_io=fp16_io, batch=batch,
         shared_attention=shared_attention.value, qk_min_tokens=qk_min_tokens, opset=opset, data=data, count=count,

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..flags import TRT_FLAGS as F
 from .console import err_console
 
 
@@ -39,14 +40,14 @@ class SharedAttention(str, enum.Enum):
 
 
 CalibDataOpt = Annotated[Optional[str], typer.Option(
-    "--calib-data", help="Calibration images: image folder (recursive), .npy/.npz of preprocessed images, or "
+    F["calib_data"], help="Calibration images: image folder (recursive), .npy/.npz of preprocessed images, or "
                          "'synthetic'.")]
-CalibCountOpt = Annotated[Optional[int], typer.Option("--calib-count", help="Calibration images [default: 256].")]
-CalibBatchOpt = Annotated[Optional[int], typer.Option("--calib-batch",
+CalibCountOpt = Annotated[Optional[int], typer.Option(F["calib_count"], help="Calibration images [default: 256].")]
+CalibBatchOpt = Annotated[Optional[int], typer.Option(F["calib_batch"],
                                                       help="Images per calibration run [default: 16].")]
-CalibMethodOpt = Annotated[CalibMethod, typer.Option("--calib-method", help="Calibration method.")]
+CalibMethodOpt = Annotated[CalibMethod, typer.Option(F["calib_method"], help="Calibration method.")]
 CalibCacheOpt = Annotated[Optional[Path], typer.Option(
-    "--calib-cache", help="Calibration cache file [default: next to the INT8 ONNX, *.calib.json].")]
+    F["calib_cache"], help="Calibration cache file [default: next to the INT8 ONNX, *.calib.json].")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
 VariantOpt = Annotated[Optional[str], typer.Option(
     "--variant", help="Architecture of a .pth state dict without a config.")]

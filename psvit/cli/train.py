@@ -10,9 +10,9 @@ from rich.table import Table
 
 from ..checkpoint import save_checkpoint
 from ..data import LabeledImages, check_fraction, split_indices
-from ..errors import CheckpointError, ConfigError, PSViTError
+from ..errors import ConfigError
 from ..preprocessing import Preprocess
-from ..provenance import check_output_folder
+from ..outputs import Output, OutputKind, check_outputs
 from ..registry import get_config
 from ..train import TrainRecipe, build_model, train as run_training, training_metadata
 from . import app
@@ -20,15 +20,6 @@ from .console import console, err_console
 
 SYNTHETIC = "synthetic"
 DEFAULT_SYNTHETIC_COUNT = 8000
-
-
-def _check_output(out: Path) -> None:
-    """Fail before training, not after, on an output that cannot be written."""
-    if out.suffix != ".safetensors":
-        raise CheckpointError(f"--out must end in .safetensors, got {out.name}")
-    check_output_folder(out)
-    if out.is_dir():
-        raise PSViTError(f"--out {out} is a folder; pass a file name ending in .safetensors")
 
 
 def _load_data(data: str, synthetic_count: int | None, seed: int, preprocess: Preprocess) -> LabeledImages:
@@ -98,7 +89,7 @@ def train(
     )] = None,
 ) -> None:
     """Train a PSViT on CPU and save a checkpoint with its recipe, data fingerprint and held-out accuracy."""
-    _check_output(out)
+    check_outputs([Output(out, OutputKind.CHECKPOINT)], inputs=[data])  # before training, not after
     check_fraction(val_fraction)
     cfg = get_config(variant)
     preprocess = Preprocess.from_config(cfg)
