@@ -56,7 +56,10 @@ class BenchReport:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "settings": self.settings, "results": [t.to_dict() for t in self.targets]}
+        comparison = [{"artifact": r["target"].artifact, "backend": r["target"].backend, "batch": r["batch"],
+                       "median_ms": r["stats"].median_ms, "ratio": r["ratio"]} for r in self.comparison()]
+        return {"machine": self.machine, "settings": self.settings, "results": [t.to_dict() for t in self.targets],
+                "comparison": comparison}
 
 
 def cpu_name() -> str:

@@ -56,6 +56,12 @@ class EngineResult:
     def sidecar_path(self) -> Path:
         return sidecar_path(self.path)
 
+    def to_dict(self) -> dict[str, Any]:
+        """For ``psvit-export trt --json``: the engine, whether it was reused, the steps, and its sidecar."""
+        return {"path": str(self.path), "reused": self.reused, "onnx_path": str(self.onnx_path),
+                "sidecar_path": str(self.sidecar_path), "steps": self.steps, "seconds": self.seconds,
+                "warnings": self.warnings, "sidecar": self.sidecar.to_dict()}
+
 
 @dataclass
 class EngineRequest:
@@ -156,7 +162,7 @@ def build_settings(out: str | os.PathLike, request: EngineRequest) -> dict[str, 
     """The ``psvit-export trt`` settings (keys of :data:`TRT_FLAGS`) that rebuild ``request`` into ``out``:
     every part of the reuse key, the precision and ``--force``."""
     return {"out": str(out), "fp16": request.precision == "fp16", "int8": request.precision == "int8",
-            "batch": request.batch, "workspace": request.workspace_bytes,
+            "batch": request.key["batch"], "workspace": request.workspace_bytes,
             "optimization_level": request.optimization_level,
             "timing_cache": str(request.timing_cache) if request.timing_cache else None,
             "builder": request.builder.name.replace("_", "-"), "force": True}

@@ -1,6 +1,7 @@
 """``psvit-export trt SOURCE --out FILE``: a TensorRT / TensorRT-RTX engine plus its sidecar ``FILE.json``."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,7 +13,7 @@ from ..flags import TRT_FLAGS as F
 from . import app
 from .console import console, err_console, format_bytes
 from .options import (
-    BuilderChoice, CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt,
+    BuilderChoice, CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt,
     deprecated_alias,
 )
 
@@ -72,11 +73,18 @@ def trt_command(
     builder: Annotated[BuilderChoice, typer.Option(
         F["builder"], help="TensorRT flavour (auto: tensorrt if installed, else tensorrt-rtx).")] = BuilderChoice.auto,
     force: Annotated[bool, typer.Option(F["force"], help="Rebuild even if a matching engine exists.")] = False,
+    json_out: JsonOpt = None,
 ) -> None:
     """Build a TensorRT or TensorRT-RTX engine (raw plan) with a provenance sidecar; reuse a matching one."""
     from .. import pipeline
+    from ..artifacts import sidecar_path
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
 
     optimization_level = deprecated_alias("--opt-level", "--optimization-level", opt_level_old, optimization_level)
+    # The pipeline checks the engine, sidecar and intermediate files; --json is this command's own.
+    check_outputs([Output(json_out, OutputKind.JSON, "--json"), Output(sidecar_path(out), OutputKind.JSON,
+                   "the sidecar")], inputs=[source, calib_data])
     with _Status() as status:
         result = pipeline.engine(
             source, out, fp16=fp16, int8=int8, calib_data=calib_data, calib_count=calib_count,
@@ -122,3 +130,6 @@ def trt_command(
     console.print(table)
     for w in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+    if json_out is not None:
+        with atomic_output(json_out, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
