@@ -338,7 +338,6 @@ def engine(
     images = isinstance(calib_data, (str, os.PathLike)) and str(calib_data) != "synthetic"  # a folder or file
     if images and not Path(calib_data).exists():
         raise EngineBuildError(f"--calib-data {calib_data} does not exist; pass an image folder or a .npy/.npz file")
-    resolved = resolve_builder(builder)
     text = str(source)
     calibration = (Calibration(calib_data, calib_count, calib_batch, calib_method, calib_cache, force)
                    if calib_data is not None else None)
@@ -355,6 +354,7 @@ def engine(
                                                                   avoid=art.path if art.path else None)
     check_outputs(_engine_outputs(out, onnx_path, precision, conversion, art, calibration, timing_cache),
                   inputs=[source, calib_data])
+    resolved = resolve_builder(builder)  # a missing builder or TensorRT without a GPU: before any export
     step = onnx_for(text, precision, onnx_path, target=Target.TENSORRT, calibration=calibration,
                     data=calib_data if fp16 and images else None,  # value ranges of the FP16 export
                     seed=seed, force=force, log=say)

@@ -103,6 +103,19 @@ def _options_for(kind: str, options: dict[str, Any], say: Callable[[str], None])
     return opts
 
 
+def _checked_kind(spec: Any) -> str:
+    """The backend of ``spec``; a named file that does not exist is refused now (its loader would say so only
+    when its turn comes)."""
+    from ..artifacts import detect_artifact
+    from ..errors import ArtifactError
+
+    art = detect_artifact(spec)
+    if art.path is not None and not art.path.exists():
+        raise ArtifactError(f"{spec} does not exist; check the path (benchmarks start only when every artifact "
+                            f"is there)")
+    return art.backend
+
+
 def bench(
     artifacts: list[Any],
     *,
@@ -121,14 +134,14 @@ def bench(
     ``layers``: also load an instrumented copy (ORT profiler, TensorRT IProfiler) and run it
     :data:`LAYER_PROFILE_ITERS` times at the largest batch for per-layer times; PyTorch offers none here.
     """
-    from .api import artifact_kind, load
+    from .api import load
     from .core import Runtime
 
     say = log or (lambda _m: None)
     warm = warmup if isinstance(warmup, Warmup) else parse_warmup(warmup)
     # What each artifact is, before any timing: a missing or unknown second artifact fails now, not after
     # minutes of timing the first.
-    kinds = [None if isinstance(art, Runtime) else artifact_kind(art) for art in artifacts]
+    kinds = [None if isinstance(art, Runtime) else _checked_kind(art) for art in artifacts]
     results = []
     for art, kind in zip(artifacts, kinds):
         spec = None if isinstance(art, Runtime) else art  # a loaded runtime cannot be loaded again for layers

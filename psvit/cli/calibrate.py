@@ -52,7 +52,7 @@ def calibrate_command(
     from ..artifacts import ArtifactKind, detect_artifact
     from ..calibration import default_cache_path, load_calibration_set, quantize_onnx
     from ..calibration.model import load_fp32_model
-    from ..errors import DataError
+    from ..errors import ArtifactError, DataError
     from ..outputs import Output, OutputKind, check_outputs
     from ..provenance import atomic_output
 
@@ -63,7 +63,11 @@ def calibrate_command(
         raise DataError(f"--eval-count must be at least 1, got {eval_count}")
     say = lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
     fp32_path = model
-    fp32_out = None if detect_artifact(model).kind is ArtifactKind.ONNX else out.with_name(out.stem + ".fp32.onnx")
+    kind = detect_artifact(model).kind
+    if kind is ArtifactKind.ENGINE:
+        raise ArtifactError(f"{model} is a TensorRT engine; calibrate its FP32 ONNX or checkpoint instead (an engine's "
+                            f"sidecar names its ONNX: psvit-export inspect {model})")
+    fp32_out = None if kind is ArtifactKind.ONNX else out.with_name(out.stem + ".fp32.onnx")
     check_outputs([  # every file this command writes, before any work
         Output(out, OutputKind.ONNX), Output(calib_cache or default_cache_path(out), OutputKind.JSON, "--calib-cache"),
         Output(json_out, OutputKind.JSON, "--json"), Output(fp32_out, OutputKind.ONNX, "the FP32 ONNX export"),
