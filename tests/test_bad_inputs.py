@@ -405,6 +405,8 @@ CLI_CASES = [
     CliCase("onnx-source-empty-file", ["onnx", "{tmp}/m.safetensors", "--out", "{tmp}/m.onnx"],
             r"is empty \(0 bytes\)", setup=write_file("m.safetensors")),
     CliCase("onnx-source-missing", ["onnx", "{tmp}/nope.safetensors", "--out", "{tmp}/m.onnx"], "does not exist"),
+    CliCase("onnx-source-bracketed-name", ["onnx", "{tmp}/[plot].safetensors", "--out", "{tmp}/m.onnx"],
+            r"/\[plot\]\.safetensors does not exist"),  # printed as text, never read as rich markup
     CliCase("onnx-batch-zero", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--batch", "0"], "positive integer"),
     CliCase("onnx-opset-16", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--opset", "16"], "opset 16 is not supported"),
     CliCase("onnx-fp16-io-alone", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--fp16-io"], "add --fp16"),

@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     Typer/click handle usage errors themselves (exit 2 with the usage line). Ctrl-C and SIGTERM unwind the
     same way (temporary files and folders removed) and exit 130 / 143 with one line.
     """
-    from .console import err_console
+    from .console import error, say
     from .signals import signals_unwind
 
     with signals_unwind() as received:
         try:
             app(args=argv, prog_name="psvit-export")
         except PSViTError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            error(str(exc))
             return 2
         except SystemExit as exc:  # click ends standalone runs with sys.exit (130 after KeyboardInterrupt)
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             code = 0
     if received.signum is not None:
-        err_console.print(f"stopped by {received.name}; nothing half-written was kept", highlight=False)
+        say(f"stopped by {received.name}; nothing half-written was kept")
         return received.exit_code
     return code
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
+from .console import console, note, say
 from .options import BackendChoice, DeviceOpt, JsonOpt, ThreadsOpt
 
 
@@ -101,7 +101,7 @@ def bench_command(
         options["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
     report = bench(artifacts, backend=backend.value, device=device, batches=parse_batches(batch),
                    warmup=parse_warmup(warmup), iters=iters, layers=layers, options=options,
-                   log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
+                   log=note)
     console.print(comparison_table(report))
     for t in report.targets:
         if t.layers:
@@ -109,9 +109,9 @@ def bench_command(
     if json_out is not None:
         with atomic_output(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(report.to_dict(), indent=2))
-        err_console.print(f"wrote {json_out}", highlight=False)
+        say(f"wrote {json_out}")
     if plot is not None:
         from ..runtime.plots import plot_report
 
         plot_report(report, plot)
-        err_console.print(f"wrote {plot}", highlight=False)
+        say(f"wrote {plot}")

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
+from .console import console, note
 from .options import (
     CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt, VariantOpt,
     deprecated_alias,
@@ -61,7 +61,7 @@ def calibrate_command(
     exclude = exclude or []
     if eval_count is not None and eval_count < 1:
         raise DataError(f"--eval-count must be at least 1, got {eval_count}")
-    say = lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
+    say = note
     fp32_path = model
     kind = detect_artifact(model).kind
     if kind is ArtifactKind.ENGINE:
@@ -115,7 +115,7 @@ def calibrate_command(
         console.print(sensitivity_table(sens))
         if sens.suggested_exclusions:
             hint = " ".join(f"--exclude '^{n}$'" for n in sens.suggested_exclusions)
-            console.print(f"suggested exclusions (* above): {hint}", highlight=False)
+            console.print(f"suggested exclusions (* above): {hint}", highlight=False, markup=False)
     if json_out is not None:
         with atomic_output(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(report, indent=2, default=str))

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
+from .console import console, warn
 from .options import JsonOpt, VariantOpt
 
 
@@ -53,8 +53,7 @@ def compare_command(
     cand = _open(b, variant, seed)
     for r in (ref, cand):
         if r.backend.metadata.get("random_weights"):
-            err_console.print(f"[bold yellow]WARNING: {r.name} has RANDOM WEIGHTS (a variant name, not a trained "
-                              f"model)[/]", highlight=False)
+            warn(f"{r.name} has RANDOM WEIGHTS (a variant name, not a trained model)", "WARNING:")
     inputs = sample_inputs(data, count=count, input_shape=ref.input_shape,
                            preprocess=ref.backend.preprocess or cand.backend.preprocess, seed=seed)
     result = compare(ref, cand, inputs, max_rel_l2=max_rel_error)

@@ -8,6 +8,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 
 def _width(stream) -> int | None:
@@ -19,6 +20,24 @@ def _width(stream) -> int | None:
 
 console = Console(width=_width(sys.stdout))
 err_console = Console(stderr=True, width=_width(sys.stderr), soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """A progress line on stderr (dim). Messages are text, never rich markup: ``[plot]`` stays ``[plot]``."""
+    err_console.print(f"[dim]{escape(message)}[/]", highlight=False)
+
+
+def say(message: str) -> None:
+    """A plain line on stderr."""
+    err_console.print(escape(message), highlight=False)
+
+
+def warn(message: str, label: str = "warning:") -> None:
+    err_console.print(f"[bold yellow]{label}[/] {escape(message)}", highlight=False)
+
+
+def error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def format_bytes(n: int) -> str:

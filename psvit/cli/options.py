@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..flags import TRT_FLAGS as F
-from .console import err_console
+from .console import warn
 
 
 class BackendChoice(str, enum.Enum):
@@ -61,5 +61,5 @@ def deprecated_alias(old: str, new: str, value: object, current: object, default
     """The value of a renamed option: ``new``'s, or the hidden old spelling's with a warning."""
     if value is None or value == default:
         return current
-    err_console.print(f"[bold yellow]warning:[/] {old} is deprecated; use {new}", highlight=False)
+    warn(f"{old} is deprecated; use {new}")
     return value

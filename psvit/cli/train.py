@@ -16,7 +16,7 @@ from ..outputs import Output, OutputKind, check_outputs
 from ..registry import get_config
 from ..train import TrainRecipe, build_model, train as run_training, training_metadata
 from . import app
-from .console import console, err_console
+from .console import console, say, warn
 
 SYNTHETIC = "synthetic"
 DEFAULT_SYNTHETIC_COUNT = 8000
@@ -29,7 +29,7 @@ def _load_data(data: str, synthetic_count: int | None, seed: int, preprocess: Pr
         count = DEFAULT_SYNTHETIC_COUNT if synthetic_count is None else synthetic_count
         if count < 20:
             raise ConfigError(f"--synthetic-count must be at least 20 (2 per class), got {count}")
-        err_console.print(f"generating {count} synthetic images (seed {seed})...", highlight=False)
+        say(f"generating {count} synthetic images (seed {seed})...")
         return load_synthetic(count, seed, preprocess)
     if synthetic_count is not None:
         raise ConfigError("--synthetic-count only applies to --data synthetic; drop it or use --data synthetic")
@@ -38,9 +38,7 @@ def _load_data(data: str, synthetic_count: int | None, seed: int, preprocess: Pr
     dataset = load_image_folder(data, preprocess)
     skipped = dataset.source["skipped"]
     if skipped:
-        err_console.print(
-            f"[yellow]skipped {len(skipped)} unreadable file(s)[/], e.g. {skipped[0]}", highlight=False
-        )
+        warn(f"{len(skipped)} unreadable file(s), e.g. {skipped[0]}", "skipped")
     return dataset
 
 
@@ -101,8 +99,8 @@ def train(
     train_idx, heldout_idx = split_indices(dataset.labels, val_fraction, seed)
     held = (f"{len(heldout_idx)} held out" if len(heldout_idx)
             else "none held out (--val-fraction 0): no held-out accuracy will be measured")
-    err_console.print(f"{len(dataset)} images, {dataset.class_summary()}", highlight=False)
-    err_console.print(f"{len(train_idx)} train, {held}", highlight=False)
+    say(f"{len(dataset)} images, {dataset.class_summary()}")
+    say(f"{len(train_idx)} train, {held}")
     model = build_model(variant, dataset.num_classes, seed)
     result = run_training(model, dataset.subset(train_idx), dataset.subset(heldout_idx), preprocess, recipe)
     command = reproduce_command(variant, data, synthetic_count, recipe, val_fraction, out)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..flags import TRT_FLAGS as F
 from . import app
-from .console import console, err_console, format_bytes
+from .console import console, err_console, format_bytes, note, warn
 from .options import (
     BuilderChoice, CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt,
     deprecated_alias,
@@ -38,7 +38,7 @@ class _Status:
         self.status.update(f"building engine [{time.perf_counter() - self.start:5.1f} s] {self.phase}")
 
     def log(self, msg: str) -> None:
-        err_console.print(f"[dim]{msg}[/]", highlight=False)
+        note(msg)
         self._show()
 
     def progress(self, phase: str) -> None:
@@ -129,7 +129,7 @@ def trt_command(
     table.add_row("sidecar", str(result.sidecar_path))
     console.print(table)
     for w in result.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+        warn(w)
     if json_out is not None:
         with atomic_output(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
