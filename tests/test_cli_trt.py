@@ -36,7 +36,8 @@ def assert_rebuilds_as_recorded(sidecar: dict, cwd) -> None:
 
     assert parse_size(params["workspace"]) == key["workspace_bytes"]
     assert list(parse_batch_profile(params["batch"]) or []) == (sidecar["batch"] or [])
-    assert params[sidecar["precision"]] is True if sidecar["precision"] != "fp32" else not (params["fp16"] or params["int8"])
+    precision_flags = {p for p in ("fp16", "int8") if params[p]}
+    assert precision_flags == ({sidecar["precision"]} if sidecar["precision"] != "fp32" else set())
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

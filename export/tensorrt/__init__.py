@@ -17,7 +17,8 @@ from .timing_cache import cache_key, default_cache_path, load_cache, save_cache
 
 __all__ = [
     "build_engine", "EngineBuild", "Builder", "resolve_builder", "BUILDERS", "DEFAULT_BATCH_PROFILE",
-    "build_engine_file", "EngineResult", "EngineRequest", "engine_request", "write_engine", "check_build_options", "build_settings",
+    "build_engine_file", "EngineResult", "EngineRequest", "engine_request", "write_engine", "check_build_options",
+    "build_settings",
     "check_engine_output", "check_layer_precisions", "parse_engine_information", "LayerPrecisions", "OnnxFacts",
     "inspect_onnx_file", "parse_batch_profile", "parse_size", "resolve_precision", "cache_key",
     "default_cache_path", "load_cache", "save_cache",
