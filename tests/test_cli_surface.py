@@ -103,9 +103,9 @@ def test_console_honours_columns_and_never_wraps_messages(columns, tmp_path):
     assert table.returncode == 0, table.stderr
     widths = [len(line) for line in table.stdout.splitlines()]
     assert max(widths) <= columns and (columns < 100 or max(widths) > 100), widths
-    long_path = tmp_path / ("x" * 80) / "m.onnx"
-    error = subprocess.run([sys.executable, "-m", "psvit.cli", "onnx", "demo", "--out", str(long_path)],
-                           capture_output=True, text=True, env=env, timeout=120)
+    long_path = tmp_path / ("x" * 80) / "ds"
+    error = subprocess.run([sys.executable, "-m", "psvit.cli", "data", "synthetic", "--out", str(long_path),
+                            "--count", "5", "--seed", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert error.returncode == 2
     (line,) = error.stderr.splitlines()
     assert str(long_path.parent) in line and "mkdir -p" in line
