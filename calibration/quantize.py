@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from ..provenance import atomic_output, check_output_folder, sha256_file
+from ..outputs import Output, OutputKind, check_outputs
+from ..provenance import atomic_output, sha256_file
 from .cache import CacheKey, default_cache_path, reusable_ranges, write_cache
 from .data import DEFAULT_BATCH, CalibrationSet, CalibSpec, load_calibration_set, require_data
 from .errors import CalibrationError
@@ -181,11 +182,10 @@ def quantize_onnx(
     if calib_batch is not None and calib_batch < 1:
         raise CalibrationError(f"--calib-batch must be at least 1, got {calib_batch}")
     out = Path(out_path)
-    if out.suffix != ".onnx":
-        raise CalibrationError(f"--out {out} must end in .onnx")
-    check_output_folder(out)  # missing or read-only folder: fail before calibrating
-    require_data(calib_data)  # before any export: no data, no calibration
     cache = Path(cache_path) if cache_path is not None else default_cache_path(out)
+    check_outputs([Output(out, OutputKind.ONNX), Output(cache, OutputKind.JSON, "--calib-cache")],
+                  inputs=[onnx_path, calib_data])  # before calibrating
+    require_data(calib_data)  # before any export: no data, no calibration
 
     with tempfile.TemporaryDirectory(prefix="psvit-calib.") as tmpdir:
         tmp = Path(tmpdir)

@@ -120,7 +120,7 @@ def export_onnx(
         raise ExportError("--fp16-io only applies to an FP16 export; add --fp16 or drop --fp16-io")
     fixed_batch = parse_batch(batch)
     check_opset(opset)
-    out = check_output_path(out)
+    out = check_output_path(out, inputs=[source, data])
     check_sharing_options(shared_attention, qk_min_tokens)
     if max_rel_l2 is not None and not max_rel_l2 > 0:
         raise ExportError(f"the verification tolerance must be positive, got {max_rel_l2}")

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import OutputPathError
-from ..provenance import atomic_output, check_output_folder
-from .errors import ExportError
+from ..outputs import Output, OutputKind, check_outputs
+from ..provenance import atomic_output
 
 if TYPE_CHECKING:
     import onnx
@@ -48,15 +47,9 @@ def external_data_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".data")
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early (before minutes of work) on an output that cannot be written."""
-    path = Path(path)
-    if path.suffix != ".onnx":
-        raise ExportError(f"--out {path}: the output file must end in .onnx")
-    check_output_folder(path)
-    if path.is_dir():
-        raise OutputPathError(f"--out {path} is a folder; name a file ending in .onnx")
-    return path
+def check_output_path(path: str | os.PathLike, inputs: Iterable[Any] = ()) -> Path:
+    """Fail early (before minutes of work) on an ONNX output that cannot be written or is one of ``inputs``."""
+    return check_outputs([Output(path, OutputKind.ONNX)], inputs=inputs)[0]
 
 
 def save_onnx(model: "onnx.ModelProto", path: str | os.PathLike, *, data_name: str | None = None,

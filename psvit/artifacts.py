@@ -182,6 +182,9 @@ def detect_artifact(spec: str | os.PathLike | bytes) -> Artifact:
                 head = f.read(_HEAD)
         except OSError as exc:
             raise ArtifactError(f"{text} cannot be read ({exc.strerror})") from exc
+        if size == 0:
+            raise ArtifactError(f"{text} is empty (0 bytes): an interrupted write or copy? Make it again (e.g. "
+                                f"psvit-export onnx) or copy the whole file")
         fmt = content_format(head, size)
         if fmt is not None:
             return Artifact(_KIND_OF_FORMAT[fmt], text, path, fmt, "content")

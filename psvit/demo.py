@@ -20,6 +20,7 @@ import numpy as np
 from .errors import PSViTError
 
 SUMMARY = "demo_summary.json"
+MARKER = ".psvit-demo"  # written first: a stopped run's folder is still recognised as the demo's
 FORMAT = "psvit-demo/1"
 
 
@@ -41,15 +42,29 @@ class DemoResult:
 
 
 def prepare_out(out: str | os.PathLike, force: bool = False) -> Path:
-    """Create ``out``; refuse a non-empty folder that holds no previous demo output (unless ``force``)."""
+    """Create ``out``; refuse a non-empty folder that holds no previous demo output (unless ``force``).
+
+    A marker file is written first, so the folder of a demo run that was stopped midway (Ctrl-C, a failure)
+    is still recognised as the demo's own and replaced by the next run."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PSViTError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / SUMMARY).is_file() and not force:
+    ours = (out / SUMMARY).is_file() or (out / MARKER).is_file()
+    if out.is_dir() and any(out.iterdir()) and not ours and not force:
         raise PSViTError(f"--out {out} is not empty and holds no earlier demo output ({SUMMARY}); choose an empty "
                          f"or new folder, or pass --force to write into it")
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("psvit-export demo writes here; the next demo run replaces its files\n")
     return out
+
+
+def check_settings(heldout: int | None, batches: tuple[int, ...], iters: int, threads: int | None) -> None:
+    """Bad settings fail before minutes of exports, not after."""
+    for name, value in (("--heldout", heldout), ("--iters", iters), ("--threads", threads)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise PSViTError(f"{name} must be at least 1, got {value}")
+    if not batches or any(b < 1 for b in batches):
+        raise PSViTError(f"--batch takes positive batch sizes, got {list(batches)}")
 
 
 def heldout_set(ckpt: Any, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -110,8 +125,7 @@ def _engines(onnx_files: dict[str, Path], out: Path, result: DemoResult, calibra
                 calib_count=calibration.count if int8 else None,
                 calib_cache=out / "demo.int8.onnx.calib.json" if int8 else None,  # the ranges calibrated above
                 onnx_out=out / "demo.int8.tensorrt.onnx" if int8 else None, builder=flavour, optimization_level=0,
-                command=f"psvit-export trt {source} --out {path} --optimization-level 0"
-                        + (f" --int8 --calib-data {calibration.data}" if int8 else ""), log=say,
+                log=say,
             )
         except Exception as exc:  # noqa: BLE001 - a builder failure is a row of the demo, not its end
             result.artifacts.append({"name": path.name, "precision": precision, "kind": f"{flavour} engine",
@@ -164,8 +178,12 @@ def run_demo(
     from .runtime import from_model, load
     from .runtime.bench import bench
 
+    from .runtime.profiler import parse_warmup
+
     say = log or (lambda _m: None)
     t_all = time.perf_counter()
+    check_settings(heldout, batches, iters, threads)
+    parse_warmup(warmup)
     out_dir = prepare_out(out, force)
     result = DemoResult(out=out_dir)
     ckpt = load_checkpoint("demo")

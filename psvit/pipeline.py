@@ -251,19 +251,37 @@ def _needs(calibration: Calibration | None) -> Calibration:
 
 
 # ---- engines -----------------------------------------------------------------------------------------------
-def _command(source: str, out: Path, precision: str, calibration: Calibration | None,
-             batch: tuple[int, int, int] | None, builder: str, optimization_level: int | None) -> str:
-    parts = ["psvit-export", "trt", source, "--out", str(out)]
-    if precision in ("fp16", "int8"):
-        parts.append(f"--{precision}")
-    if precision == "int8" and calibration is not None and calibration.data is not None:
-        parts += ["--calib-data", str(calibration.data)]
-    if batch:
-        parts += ["--batch", ":".join(map(str, batch))]
-    if optimization_level is not None:
-        parts += ["--optimization-level", str(optimization_level)]
-    parts += ["--builder", builder.replace("_", "-"), "--force"]
-    return " ".join(parts)
+def _engine_outputs(out: Path, onnx_path: Path, precision: str, conversion: str | None, art: Any,
+                    calibration: Calibration | None, timing_cache: str | os.PathLike | None) -> list[Any]:
+    """Every file :func:`engine` may write: the engine, its sidecar, the ONNX graphs and the calibration
+    cache made on the way, the timing cache."""
+    from .artifacts import sidecar_path
+    from .outputs import Output, OutputKind
+
+    outputs = [Output(out, OutputKind.ENGINE), Output(sidecar_path(out), OutputKind.JSON, "the sidecar")]
+    if conversion is not None:  # an ONNX graph is made on the way
+        outputs.append(Output(onnx_path, OutputKind.ONNX, "the ONNX made on the way"))
+        if precision == "int8":
+            from .calibration.cache import default_cache_path
+
+            if art.kind is not ArtifactKind.ONNX:
+                outputs.append(Output(derived_onnx_path(onnx_path, "fp32"), OutputKind.ONNX, "the FP32 ONNX export"))
+            cache = calibration.cache if calibration is not None and calibration.cache else None
+            outputs.append(Output(cache or default_cache_path(onnx_path), OutputKind.JSON, "--calib-cache"))
+    outputs.append(Output(timing_cache, OutputKind.FILE, "--timing-cache"))
+    return outputs
+
+
+def _rebuild_settings(request: Any, out: Path, calibration: Calibration | None) -> dict[str, Any]:
+    """:func:`psvit.export.tensorrt.build_settings` plus the calibration that made an INT8 graph."""
+    from .export.tensorrt import build_settings
+
+    settings = build_settings(out, request)
+    if calibration is not None and isinstance(calibration.data, (str, os.PathLike)):
+        settings.update(calib_data=str(calibration.data), calib_count=calibration.count,
+                        calib_batch=calibration.batch, calib_method=calibration.method,
+                        calib_cache=str(calibration.cache) if calibration.cache else None)
+    return settings
 
 
 def engine(
@@ -307,6 +325,8 @@ def engine(
     from .export.errors import EngineBuildError
     from .export.tensorrt import check_engine_output, engine_request, resolve_builder, write_engine
     from .export.tensorrt.engine_file import check_build_options
+    from .flags import trt_command
+    from .outputs import check_outputs
 
     say = log or (lambda _m: None)
     t0 = time.perf_counter()
@@ -314,11 +334,10 @@ def engine(
     if fp16 and int8:
         raise EngineBuildError("--fp16 and --int8 exclude each other; choose one")
     profile, _ = check_build_options(batch, workspace, optimization_level)
-    out = check_engine_output(out)
+    out = check_engine_output(out, inputs=[source, calib_data])
     images = isinstance(calib_data, (str, os.PathLike)) and str(calib_data) != "synthetic"  # a folder or file
     if images and not Path(calib_data).exists():
         raise EngineBuildError(f"--calib-data {calib_data} does not exist; pass an image folder or a .npy/.npz file")
-    resolved = resolve_builder(builder)
     text = str(source)
     calibration = (Calibration(calib_data, calib_count, calib_batch, calib_method, calib_cache, force)
                    if calib_data is not None else None)
@@ -326,13 +345,16 @@ def engine(
     if art.kind is ArtifactKind.ONNX:
         from .export.tensorrt.options import inspect_onnx_file, resolve_precision
 
-        precision, _ = resolve_precision(inspect_onnx_file(text), fp16=fp16, int8=int8)
+        precision, conversion = resolve_precision(inspect_onnx_file(text), fp16=fp16, int8=int8)
     else:
-        precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+        precision = conversion = "fp16" if fp16 else "int8" if int8 else "fp32"
         if int8 and calibration is None:
             raise EngineBuildError(NEED_CALIB)
     onnx_path = Path(onnx_out) if onnx_out else derived_onnx_path(out, precision,
                                                                   avoid=art.path if art.path else None)
+    check_outputs(_engine_outputs(out, onnx_path, precision, conversion, art, calibration, timing_cache),
+                  inputs=[source, calib_data])
+    resolved = resolve_builder(builder)  # a missing builder or TensorRT without a GPU: before any export
     step = onnx_for(text, precision, onnx_path, target=Target.TENSORRT, calibration=calibration,
                     data=calib_data if fp16 and images else None,  # value ranges of the FP16 export
                     seed=seed, force=force, log=say)
@@ -352,10 +374,8 @@ def engine(
                                 seconds={"onnx": onnx_seconds})
         if out.exists():
             say(f"rebuilding {out}: {', '.join(differs)} differ(s) from the existing engine")
-    result = write_engine(
-        request, out, calibration=step.calibration, command=command or _command(text, out, precision, calibration, request.batch, resolved.name,
-                                    optimization_level), log=say, progress=progress,
-    )
+    command = command or trt_command(text, _rebuild_settings(request, out, calibration))
+    result = write_engine(request, out, calibration=step.calibration, command=command, log=say, progress=progress)
     result.steps = step.steps
     result.seconds = {"onnx": onnx_seconds, **result.seconds}
     return result

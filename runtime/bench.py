@@ -56,7 +56,10 @@ class BenchReport:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "settings": self.settings, "results": [t.to_dict() for t in self.targets]}
+        comparison = [{"artifact": r["target"].artifact, "backend": r["target"].backend, "batch": r["batch"],
+                       "median_ms": r["stats"].median_ms, "ratio": r["ratio"]} for r in self.comparison()]
+        return {"machine": self.machine, "settings": self.settings, "results": [t.to_dict() for t in self.targets],
+                "comparison": comparison}
 
 
 def cpu_name() -> str:
@@ -86,6 +89,33 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+# Options of a whole run that only some backends take; the other artifacts of the run ignore them.
+_BACKEND_OPTIONS = {"providers": ("onnxruntime",), "threads": ("onnxruntime", "torch")}
+
+
+def _options_for(kind: str, options: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """The run's ``options`` that the ``kind`` backend takes (``threads`` is a CPU setting: not an engine's)."""
+    opts = dict(options)
+    for name, backends in _BACKEND_OPTIONS.items():
+        if name in opts and kind not in backends:
+            del opts[name]
+            say(f"{name} does not apply to {kind} artifacts; ignored for them")
+    return opts
+
+
+def _checked_kind(spec: Any) -> str:
+    """The backend of ``spec``; a named file that does not exist is refused now (its loader would say so only
+    when its turn comes)."""
+    from ..artifacts import detect_artifact
+    from ..errors import ArtifactError
+
+    art = detect_artifact(spec)
+    if art.path is not None and not art.path.exists():
+        raise ArtifactError(f"{spec} does not exist; check the path (benchmarks start only when every artifact "
+                            f"is there)")
+    return art.backend
+
+
 def bench(
     artifacts: list[Any],
     *,
@@ -104,20 +134,22 @@ def bench(
     ``layers``: also load an instrumented copy (ORT profiler, TensorRT IProfiler) and run it
     :data:`LAYER_PROFILE_ITERS` times at the largest batch for per-layer times; PyTorch offers none here.
     """
-    from .api import artifact_kind, load
+    from .api import load
     from .core import Runtime
 
     say = log or (lambda _m: None)
     warm = warmup if isinstance(warmup, Warmup) else parse_warmup(warmup)
+    # What each artifact is, before any timing: a missing or unknown second artifact fails now, not after
+    # minutes of timing the first.
+    kinds = [None if isinstance(art, Runtime) else _checked_kind(art) for art in artifacts]
     results = []
-    for art in artifacts:
-        opts = dict(options or {})
+    for art, kind in zip(artifacts, kinds):
         spec = None if isinstance(art, Runtime) else art  # a loaded runtime cannot be loaded again for layers
         if isinstance(art, Runtime):
             rt, art = art, art.name
+            opts: dict[str, Any] = {}
         else:
-            if artifact_kind(art) != "onnxruntime":
-                opts.pop("providers", None)  # ONNX Runtime's option; the other artifacts of the run ignore it
+            opts = _options_for(kind, options or {}, say)
             rt = load(art, backend=backend, device=device, **opts)
         b = rt.backend
         res = TargetResult(str(art), b.name, b.description, b.device, b.precision)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import require
+from ..outputs import Output, OutputKind, check_output
 from ..provenance import atomic_output
 from .bench import BenchReport
 
@@ -13,6 +14,7 @@ from .bench import BenchReport
 def plot_report(report: BenchReport, path: str | os.PathLike, phase: str = "end_to_end") -> Path:
     """Two panels — median latency (p90..p99 band) and throughput vs batch — one line per target."""
     require("matplotlib", "'psvit-deploy[plot]'", "benchmark plots")
+    path = check_output(Output(path, OutputKind.PLOT, "the plot"))  # a format matplotlib writes, before drawing
     import matplotlib
 
     matplotlib.use("Agg")

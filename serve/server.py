@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from ..provenance import check_output_folder
+from ..outputs import Output, OutputKind, check_output
 from .errors import ServeError
 from .environment import prepare_process_environment
 
@@ -163,7 +163,7 @@ def serve(rt: Any, options: ServeOptions = ServeOptions(), log: Callable[[str], 
         check_port_free(options.host, port, option)
     prepare_process_environment()
     log_file = Path(options.log_file or Path(tempfile.gettempdir()) / f"psvit-serve-{os.getpid()}.log")
-    check_output_folder(log_file)
+    check_output(Output(log_file, OutputKind.FILE, "--log-file"))
     config = TritonConfig(
         log_file=log_file,
         http_address=options.host, grpc_address=options.host, metrics_address=options.host,

@@ -6,11 +6,13 @@ the fix (a key phrase); no traceback in the output; no file left behind in the c
 To add a case, append a :class:`ApiCase` to ``API_CASES`` or a :class:`CliCase` to ``CLI_CASES``; one
 parametrized test runs each list. ``{tmp}`` in CLI arguments is the case's own empty folder; ``setup``
 writes the inputs a case needs there (they are allowed to stay; anything else that appears is a leftover).
+``{onnx}`` is the demo model's FP32 ONNX, copied to the case folder as ``m.onnx`` before ``setup`` runs.
 """
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,7 +28,8 @@ from psvit.cli import main
 from psvit.data import split_indices
 from psvit.data.image_folder import scan_image_folder
 from psvit.data.synthetic import SyntheticSplit
-from psvit.errors import CheckpointError, ConfigError, DataError, PSViTError, UnknownVariantError
+from psvit.errors import CheckpointError, ConfigError, DataError, OutputPathError, PSViTError, UnknownVariantError
+from psvit.outputs import Output, OutputKind, check_outputs
 from psvit.preprocessing import Preprocess, load_image
 from psvit.runtime import Batcher, load
 from psvit.train import TrainRecipe
@@ -55,6 +58,7 @@ class ApiCase:
     error: type[PSViTError]
     fix: str  # a regular expression the message must match: the part that says what to do or what fits
     setup: Callable[[Path], object] | None = None
+    onnx: bool = False  # the demo model's FP32 ONNX is copied to the case folder as m.onnx first
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,52 @@ API_CASES = [
             "add images, raise --val-fraction, or train on every image with --val-fraction 0"),
     ApiCase("heldout-of-val-fraction-0", _heldout_of_a_model_trained_on_everything, DataError,
             "trained on every synthetic image .*evaluate on a folder of images it never saw"),
+    # Outputs that would destroy an input, or cannot be what they are named: refused before the work.
+    ApiCase("quantize-out-is-the-model", lambda c: _quantize(c.tmp / "m.onnx", c.tmp / "m.onnx"), OutputPathError,
+            "is also an input of this command", onnx=True),
+    ApiCase("quantize-cache-links-to-the-model",
+            lambda c: _quantize(c.tmp / "m.onnx", c.tmp / "q.onnx", calib_cache=c.tmp / "c.json"), OutputPathError,
+            "--calib-cache .* is also an input", onnx=True, setup=lambda t: (t / "c.json").symlink_to(t / "m.onnx")),
+    ApiCase("export-out-links-to-the-checkpoint", lambda c: _export(c.tmp / "m.safetensors", c.tmp / "x.onnx"),
+            OutputPathError, "is also an input",
+            setup=lambda t: (t / "x.onnx").symlink_to(micro_checkpoint(t))),
+    ApiCase("engine-out-links-to-the-onnx", lambda c: _engine(c.tmp / "m.onnx", c.tmp / "l.engine"), OutputPathError,
+            "is also an input", onnx=True, setup=lambda t: (t / "l.engine").symlink_to(t / "m.onnx")),
+    ApiCase("engine-batch-absurd", lambda c: _engine(c.tmp / "m.onnx", c.tmp / "m.engine", batch="1:8:5000"),
+            PSViTError, "above the limit of 4096", onnx=True),
+    ApiCase("plot-wrong-format", lambda c: _plot(c.tmp / "p.onnx"), OutputPathError,
+            r"a plot must end in \.png"),
+    ApiCase("outputs-two-options-one-file",
+            lambda c: check_outputs([Output(c.tmp / "r.json", OutputKind.JSON, "--json"),
+                                     Output(c.tmp / "r.json", OutputKind.JSON, "--calib-cache")]),
+            OutputPathError, "--json and --calib-cache both name .*Give them different file names"),
 ]
+
+
+def _quantize(model: Path, out: Path, **kwargs: Any) -> object:
+    from psvit.calibration import quantize_onnx
+
+    return quantize_onnx(model, out, calib_data="synthetic", calib_count=4, **kwargs)
+
+
+def _export(source: Path, out: Path) -> object:
+    from psvit.export import export_onnx
+
+    return export_onnx(str(source), out)
+
+
+def _engine(source: Path, out: Path, **kwargs: Any) -> object:
+    from psvit import pipeline
+
+    return pipeline.engine(source, out, **kwargs)
+
+
+def _plot(path: Path) -> object:
+    pytest.importorskip("matplotlib", reason="plots need the plot extra (pip install matplotlib)")
+    from psvit.runtime.bench import BenchReport
+    from psvit.runtime.plots import plot_report
+
+    return plot_report(BenchReport([], {}, {}), path)
 
 
 def _files(root: Path) -> set[str]:
@@ -257,7 +306,9 @@ def _files(root: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=lambda c: c.id)
-def test_api_bad_input(case: ApiCase, tmp_path: Path) -> None:
+def test_api_bad_input(case: ApiCase, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if case.onnx:
+        shutil.copy(request.getfixturevalue("demo_fp32_onnx"), tmp_path / "m.onnx")
     if case.setup is not None:
         case.setup(tmp_path)
     before = _files(tmp_path)
@@ -312,11 +363,11 @@ CLI_CASES = [
     CliCase("train-val-fraction-negative", [*TRAIN, "--data", "synthetic", "--val-fraction", "-0.1",
                                             "--out", "{tmp}/m.safetensors"], "between 0 and 1"),
     CliCase("train-out-not-safetensors", [*TRAIN, "--data", "synthetic", "--out", "{tmp}/m.pth"],
-            r"--out must end in \.safetensors"),
+            r"--out .*m\.pth: a checkpoint must end in \.safetensors; e\.g\. .*m\.safetensors"),
     CliCase("train-out-parent-missing", [*TRAIN, "--data", "synthetic", "--out", "{tmp}/no/m.safetensors"],
             r"does not exist; create it first \(mkdir -p"),
     CliCase("train-out-is-a-folder", [*TRAIN, "--data", "synthetic", "--out", "{tmp}/m.safetensors"],
-            "is a folder; pass a file name ending in .safetensors",
+            r"is a folder; name a file in it, e\.g\. .*m\.safetensors/output\.safetensors",
             setup=lambda t: (t / "m.safetensors").mkdir()),
     CliCase("train-epochs-zero", ["train", "--variant", "psvit_micro", "--data", "synthetic", "--epochs", "0",
                                   "--out", "{tmp}/m.safetensors"], "epochs must be at least 1"),
@@ -335,17 +386,161 @@ CLI_CASES = [
                                           "--epochs", "two", "--out", "{tmp}/m.safetensors"],
             r"Invalid value for '--epochs'"),
     CliCase("train-missing-out", [*TRAIN, "--data", "synthetic"], r"Missing option '--out'"),
+    CliCase("train-out-links-to-the-data", [*TRAIN, "--data", "{tmp}/d", "--out", "{tmp}/d.safetensors"],
+            "is a folder; name a file in it", setup=lambda t: (colour_folder(t / "d"),
+                                                                 (t / "d.safetensors").symlink_to(t / "d"))),
+    # onnx: outputs checked before the export ({onnx}: the demo model's FP32 ONNX, copied to the case folder)
+    CliCase("onnx-out-is-the-source", ["onnx", "{onnx}", "--out", "{onnx}"], "is also an input of this command"),
+    CliCase("onnx-out-is-a-folder", ["onnx", "demo", "--out", "{tmp}/d"], r"is a folder; name a file in it",
+            setup=lambda t: (t / "d").mkdir()),
+    CliCase("onnx-out-wrong-suffix", ["onnx", "demo", "--out", "{tmp}/m.txt"],
+            r"an ONNX model must end in \.onnx; e\.g\. .*m\.onnx"),
+    CliCase("onnx-out-folder-missing", ["onnx", "demo", "--out", "{tmp}/no/m.onnx"], "mkdir -p"),
+    CliCase("onnx-json-is-a-folder", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--json", "{tmp}/r"],
+            "--json .* is a folder", setup=lambda t: (t / "r").mkdir()),
+    CliCase("onnx-json-wrong-suffix", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--json", "{tmp}/r.onnx"],
+            r"a JSON file must end in \.json"),
+    CliCase("onnx-report-old-spelling-folder", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--report", "{tmp}/r"],
+            "is a folder", setup=lambda t: (t / "r").mkdir()),
+    CliCase("onnx-source-empty-file", ["onnx", "{tmp}/m.safetensors", "--out", "{tmp}/m.onnx"],
+            r"is empty \(0 bytes\)", setup=write_file("m.safetensors")),
+    CliCase("onnx-source-missing", ["onnx", "{tmp}/nope.safetensors", "--out", "{tmp}/m.onnx"], "does not exist"),
+    CliCase("onnx-source-bracketed-name", ["onnx", "{tmp}/[plot].safetensors", "--out", "{tmp}/m.onnx"],
+            r"/\[plot\]\.safetensors does not exist"),  # printed as text, never read as rich markup
+    CliCase("onnx-batch-zero", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--batch", "0"], "positive integer"),
+    CliCase("onnx-opset-16", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--opset", "16"], "opset 16 is not supported"),
+    CliCase("onnx-fp16-io-alone", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--fp16-io"], "add --fp16"),
+    CliCase("onnx-shared-attention-unknown", ["onnx", "demo", "--out", "{tmp}/m.onnx", "--shared-attention", "kq"],
+            r"Invalid value for '--shared-attention'"),
+    # calibrate: the INT8 model, its cache and the report never replace the model they come from
+    CliCase("calibrate-out-is-the-model", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--out", "{onnx}"],
+            r"is also an input of this command \(.*m\.onnx\); writing it would destroy that input\. Choose another "
+            r"file name, e\.g\. .*m\.out\.onnx"),
+    CliCase("calibrate-out-relative-is-the-model", ["calibrate", "{onnx}", "--calib-data", "synthetic",
+                                                    "--out", "m.onnx"], "is also an input of this command"),
+    CliCase("calibrate-out-hard-link-to-the-model", ["calibrate", "{onnx}", "--calib-data", "synthetic",
+                                                     "--out", "{tmp}/link.onnx"], "is also an input",
+            setup=lambda t: (t / "link.onnx").hardlink_to(t / "m.onnx")),
+    CliCase("calibrate-cache-is-the-model", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--out",
+                                             "{tmp}/q.onnx", "--calib-cache", "{onnx}", "--force-recalibrate"],
+            r"--calib-cache .*: a JSON file must end in \.json"),
+    CliCase("calibrate-cache-links-to-the-model", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--out",
+                                                   "{tmp}/q.onnx", "--calib-cache", "{tmp}/c.json"],
+            "--calib-cache .* is also an input", setup=lambda t: (t / "c.json").symlink_to(t / "m.onnx")),
+    CliCase("calibrate-json-is-the-cache", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--out",
+                                            "{tmp}/q.onnx", "--json", "{tmp}/q.onnx.calib.json"],
+            "--calib-cache and --json both name"),
+    CliCase("calibrate-out-is-a-folder", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--out", "{tmp}/q"],
+            "--out .* is a folder", setup=lambda t: (t / "q").mkdir()),
+    CliCase("calibrate-default-cache-is-a-folder", ["calibrate", "{onnx}", "--calib-data", "synthetic",
+                                                    "--out", "{tmp}/q.onnx"], "--calib-cache .* is a folder",
+            setup=lambda t: (t / "q.onnx.calib.json").mkdir()),
+    CliCase("calibrate-json-is-a-folder", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--out",
+                                           "{tmp}/q.onnx", "--json", "{tmp}/r"], "--json .* is a folder",
+            setup=lambda t: (t / "r").mkdir()),
+    CliCase("calibrate-out-wrong-suffix", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--out",
+                                           "{tmp}/q.int8"], r"must end in \.onnx"),
+    CliCase("calibrate-no-calib-data", ["calibrate", "{onnx}", "--out", "{tmp}/q.onnx"],
+            "random data is never used"),
+    CliCase("calibrate-calib-data-missing", ["calibrate", "{onnx}", "--calib-data", "{tmp}/nope",
+                                             "--out", "{tmp}/q.onnx"], "does not exist"),
+    CliCase("calibrate-calib-batch-zero", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--calib-batch", "0",
+                                           "--out", "{tmp}/q.onnx"], "--calib-batch must be at least 1"),
+    CliCase("calibrate-eval-count-zero", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--eval-data",
+                                          "synthetic", "--eval-count", "0", "--out", "{tmp}/q.onnx"],
+            "--eval-count must be at least 1"),
+    CliCase("calibrate-method-unknown", ["calibrate", "{onnx}", "--calib-data", "synthetic", "--calib-method", "kl",
+                                         "--out", "{tmp}/q.onnx"], r"Invalid value for '--calib-method'"),
+    CliCase("calibrate-an-engine", ["calibrate", "{tmp}/m.engine", "--calib-data", "synthetic",
+                                    "--out", "{tmp}/q.onnx"], "is a TensorRT engine; calibrate its FP32 ONNX",
+            setup=write_file("m.engine", b"ftrt" + bytes(60))),
+    CliCase("calibrate-empty-onnx", ["calibrate", "{tmp}/e.onnx", "--calib-data", "synthetic",
+                                     "--out", "{tmp}/q.onnx"], r"is empty \(0 bytes\)", setup=write_file("e.onnx")),
+    # compare
+    CliCase("compare-json-is-a-model", ["compare", "{onnx}", "demo", "--json", "{onnx}"],
+            r"--json .*m\.onnx: a JSON file must end in \.json"),
+    CliCase("compare-json-links-to-a-model", ["compare", "{onnx}", "demo", "--json", "{tmp}/r.json"],
+            "--json .* is also an input", setup=lambda t: (t / "r.json").symlink_to(t / "m.onnx")),
+    CliCase("compare-json-is-a-folder", ["compare", "{onnx}", "demo", "--json", "{tmp}/r"], "is a folder",
+            setup=lambda t: (t / "r").mkdir()),
+    CliCase("compare-max-rel-error-negative", ["compare", "{onnx}", "demo", "--max-rel-error", "-1"],
+            r"--max-rel-error must be a positive number \(e\.g\. 1e-3\), got -1"),
+    CliCase("compare-count-zero", ["compare", "{onnx}", "demo", "--count", "0"], "--count must be at least 1"),
+    CliCase("compare-missing-file", ["compare", "{tmp}/nope.onnx", "demo"], "does not exist"),
+    CliCase("compare-folder-named-onnx", ["compare", "{tmp}/x.onnx", "demo"], "is a folder",
+            setup=lambda t: (t / "x.onnx").mkdir()),
+    # inspect
+    CliCase("inspect-empty-onnx", ["inspect", "{tmp}/e.onnx"], r"is empty \(0 bytes\)", setup=write_file("e.onnx")),
+    CliCase("inspect-folder-named-onnx", ["inspect", "{tmp}/x.onnx"], "is a folder",
+            setup=lambda t: (t / "x.onnx").mkdir()),
+    CliCase("inspect-text-named-onnx", ["inspect", "{tmp}/notes.onnx"], "not a readable ONNX file",
+            setup=write_file("notes.onnx", b"hello")),
+    CliCase("inspect-checkpoint-named-onnx", ["inspect", "{tmp}/m.onnx"], r"is a checkpoint \(safetensors\), not "
+            "an ONNX file", setup=lambda t: micro_checkpoint(t).rename(t / "m.onnx")),
+    CliCase("inspect-engine-without-sidecar", ["inspect", "{tmp}/m.engine"], "has no sidecar m.engine.json",
+            setup=write_file("m.engine", b"ftrt" + bytes(60))),
+    CliCase("inspect-engine-corrupt-sidecar", ["inspect", "{tmp}/m.engine"], "sidecar .* is corrupt",
+            setup=lambda t: (write_file("m.engine", b"ftrt" + bytes(60))(t),
+                             write_file("m.engine.json", b"\xff\xfe not json")(t))),
+    # bench: everything checked before minutes of timing
+    CliCase("bench-plot-wrong-format", ["bench", "{onnx}", "--plot", "{tmp}/p.onnx"],
+            r"--plot .*: a plot must end in \.png, "),
+    CliCase("bench-plot-is-a-folder", ["bench", "{onnx}", "--plot", "{tmp}/p"], "is a folder",
+            setup=lambda t: (t / "p").mkdir()),
+    CliCase("bench-json-is-a-folder", ["bench", "{onnx}", "--json", "{tmp}/r"], "is a folder",
+            setup=lambda t: (t / "r").mkdir()),
+    CliCase("bench-json-links-to-the-model", ["bench", "{onnx}", "--json", "{tmp}/r.json"], "is also an input",
+            setup=lambda t: (t / "r.json").symlink_to(t / "m.onnx")),
+    CliCase("bench-json-and-plot-same-file", ["bench", "{onnx}", "--json", "{tmp}/r.json", "--plot",
+                                              "{tmp}/r.json"], r"a plot must end in \.png"),
+    CliCase("bench-second-artifact-missing", ["bench", "{onnx}", "{tmp}/nope.onnx"],
+            "nope.onnx does not exist; check the path"),
+    CliCase("bench-iters-zero", ["bench", "{onnx}", "--iters", "0"], "--iters must be at least 1"),
+    CliCase("bench-batch-zero", ["bench", "{onnx}", "--batch", "0"], "comma-separated positive integers"),
+    CliCase("bench-warmup-words", ["bench", "{onnx}", "--warmup", "soon"], "warm-up"),
+    CliCase("bench-backend-mismatch", ["bench", "{onnx}", "--backend", "torch"], "onnxruntime backend, not torch"),
+    # trt: these fail before the builder is even imported
+    CliCase("trt-batch-absurd", ["trt", "demo", "--out", "{tmp}/m.engine", "--batch", "1:8:99999999999"],
+            "MAX 99999999999 is above the limit of 4096"),
+    CliCase("trt-out-onnx-suffix", ["trt", "demo", "--out", "{tmp}/m.onnx"],
+            r"a TensorRT engine must end in \.engine, \.plan, \.trt"),
+    CliCase("trt-out-links-to-the-source", ["trt", "{onnx}", "--out", "{tmp}/l.engine"], "is also an input",
+            setup=lambda t: (t / "l.engine").symlink_to(t / "m.onnx")),
+    CliCase("trt-json-is-the-sidecar", ["trt", "demo", "--out", "{tmp}/m.engine", "--json", "{tmp}/m.engine.json"],
+            "both name"),
+    CliCase("trt-out-is-a-folder", ["trt", "demo", "--out", "{tmp}/e"], "is a folder",
+            setup=lambda t: (t / "e").mkdir()),
+    CliCase("trt-sidecar-is-a-folder", ["trt", "demo", "--out", "{tmp}/m.engine"], "the sidecar .* is a folder",
+            setup=lambda t: (t / "m.engine.json").mkdir()),
+    CliCase("trt-timing-cache-is-the-source", ["trt", "{onnx}", "--out", "{tmp}/m.engine", "--timing-cache",
+                                               "{onnx}"], "--timing-cache .* is also an input"),
+    CliCase("trt-calib-cache-not-json", ["trt", "demo", "--int8", "--calib-data", "synthetic", "--calib-cache",
+                                         "{tmp}/c.bin", "--out", "{tmp}/m.engine"], r"a JSON file must end in \.json"),
+    CliCase("trt-workspace-zero", ["trt", "demo", "--out", "{tmp}/m.engine", "--workspace", "0"],
+            "must be larger than zero"),
+    CliCase("trt-int8-without-data", ["trt", "demo", "--int8", "--out", "{tmp}/m.engine"],
+            "--int8 needs calibration images"),
+    # demo: settings refused before minutes of exports
+    CliCase("demo-out-is-a-file", ["demo", "--out", "{tmp}/f"], "is a file; give a folder", setup=write_file("f")),
+    CliCase("demo-out-not-empty", ["demo", "--out", "{tmp}/d"], "not empty .* --force",
+            setup=write_file("d/mine.txt", b"keep")),
+    CliCase("demo-heldout-zero", ["demo", "--out", "{tmp}/d", "--heldout", "0"], "--heldout must be at least 1"),
+    CliCase("demo-iters-zero", ["demo", "--out", "{tmp}/d", "--iters", "0"], "--iters must be at least 1"),
+    CliCase("demo-batch-zero", ["demo", "--out", "{tmp}/d", "--batch", "0"], "comma-separated positive integers"),
+    CliCase("demo-warmup-words", ["demo", "--out", "{tmp}/d", "--warmup", "later"], "warm-up"),
 ]
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=lambda c: c.id)
 def test_cli_bad_input(case: CliCase, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                       monkeypatch: pytest.MonkeyPatch) -> None:
+                       monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    if any("{onnx}" in a for a in case.argv):
+        shutil.copy(request.getfixturevalue("demo_fp32_onnx"), tmp_path / "m.onnx")
     if case.setup is not None:
         case.setup(tmp_path)
     monkeypatch.chdir(tmp_path)  # a relative default output would land here, and be seen as a leftover
     before = _files(tmp_path)
-    code = main([a.replace("{tmp}", str(tmp_path)) for a in case.argv])
+    code = main([a.replace("{tmp}", str(tmp_path)).replace("{onnx}", str(tmp_path / "m.onnx")) for a in case.argv])
     out, err = capsys.readouterr()
     assert code == 2, f"exit {code}\n{out}\n{err}"
     assert "Traceback" not in out + err

@@ -3,6 +3,7 @@ hidden aliases that warn), Enum choices that match the library, help that fits 8
 from __future__ import annotations
 
 import enum
+import json
 from typing import Any
 
 import pytest
@@ -35,9 +36,9 @@ def options(cmd: Any) -> list[Any]:
 
 
 def test_commands_are_registered_at_import():
-    result = CliRunner().invoke(psvit.cli.app, ["info"])
+    result = CliRunner().invoke(psvit.cli.app, ["info", "--json"])
     assert result.exit_code == 0, result.output
-    assert all(name[:5] in result.output for name in psvit.list_models())
+    assert [v["name"] for v in json.loads(result.output)] == psvit.list_models()
     assert {"info", "onnx", "trt", "calibrate", "compare", "bench", "demo", "inspect", "train",
             "data synthetic"} <= set(commands())
 
@@ -88,3 +89,23 @@ def test_old_spellings_still_work_and_warn(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "--opt-level is deprecated; use --optimization-level" in err
     assert "--optimization-level must be 0..5, got 7" in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("columns", [60, 200])
+def test_console_honours_columns_and_never_wraps_messages(columns, tmp_path):
+    """Tables are as wide as COLUMNS says; an error message stays one line (a path in it can be copied)."""
+    import subprocess
+    import sys
+
+    env = {"COLUMNS": str(columns), "PATH": "/usr/bin:/bin"}
+    table = subprocess.run([sys.executable, "-m", "psvit.cli", "info"], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert table.returncode == 0, table.stderr
+    widths = [len(line) for line in table.stdout.splitlines()]
+    assert max(widths) <= columns and (columns < 100 or max(widths) > 100), widths
+    long_path = tmp_path / ("x" * 80) / "ds"
+    error = subprocess.run([sys.executable, "-m", "psvit.cli", "data", "synthetic", "--out", str(long_path),
+                            "--count", "5", "--seed", "0"], capture_output=True, text=True, env=env, timeout=120)
+    assert error.returncode == 2
+    (line,) = error.stderr.splitlines()
+    assert str(long_path.parent) in line and "mkdir -p" in line

@@ -148,7 +148,7 @@ def test_option_errors_before_any_work(tmp_path):
             export_onnx("psvit_micro", tmp_path / "x.onnx", **kwargs)
     with pytest.raises(OutputPathError, match="does not exist"):
         export_onnx("psvit_micro", tmp_path / "missing" / "x.onnx")
-    with pytest.raises(ExportError, match="must end in .onnx"):
+    with pytest.raises(OutputPathError, match="must end in .onnx"):
         export_onnx("psvit_micro", tmp_path / "x.txt")
     with pytest.raises(UnknownVariantError, match="psvit_micro"):
         export_onnx("psvit_mciro", tmp_path / "x.onnx")

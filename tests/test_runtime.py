@@ -352,3 +352,17 @@ def test_tensorrt_engine_runs_and_chunks(tmp_path, reference):
         bare = load(engine)
     assert bare.backend.metadata["provenance"].startswith("unknown") and bare.backend.limits == rt.backend.limits
     assert bare.backend.precision == "fp32" and rel_l2(bare.infer(x[:2]), ref[:2]) <= 1e-3
+
+
+def test_info_reports_the_graphs_precision_not_the_metadata(demo_fp32_onnx, tmp_path):
+    """A graph whose metadata claims FP16 is reported as what it computes in (FP32), from the file and from
+    bytes in memory."""
+    import shutil
+
+    from psvit.export.metadata import update_metadata_file
+
+    lying = tmp_path / "lying.onnx"
+    shutil.copy(demo_fp32_onnx, lying)
+    update_metadata_file(lying, {"psvit.precision": "fp16"})
+    assert load(lying).info()["precision"] == "fp32"
+    assert load(lying.read_bytes()).backend.precision == "fp32"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .build import BUILDERS, DEFAULT_BATCH_PROFILE, Builder, EngineBuild, build_engine, resolve_builder
 from .engine_file import (
-    EngineRequest, EngineResult, build_engine_file, check_build_options, check_engine_output, engine_request,
-    write_engine,
+    EngineRequest, EngineResult, build_engine_file, build_settings, check_build_options, check_engine_output,
+    engine_request, write_engine,
 )
 from .inspect import LayerPrecisions, check_layer_precisions, parse_engine_information
 from .options import OnnxFacts, inspect_onnx_file, parse_batch_profile, parse_size, resolve_precision
@@ -18,6 +18,7 @@ from .timing_cache import cache_key, default_cache_path, load_cache, save_cache
 __all__ = [
     "build_engine", "EngineBuild", "Builder", "resolve_builder", "BUILDERS", "DEFAULT_BATCH_PROFILE",
     "build_engine_file", "EngineResult", "EngineRequest", "engine_request", "write_engine", "check_build_options",
+    "build_settings",
     "check_engine_output", "check_layer_precisions", "parse_engine_information", "LayerPrecisions", "OnnxFacts",
     "inspect_onnx_file", "parse_batch_profile", "parse_size", "resolve_precision", "cache_key",
     "default_cache_path", "load_cache", "save_cache",

@@ -13,14 +13,16 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...artifacts import ENGINE_SUFFIXES, sidecar_path
-from ...errors import OutputPathError, PSViTError
-from ...provenance import atomic_output, check_output_folder, package_versions, sha256_file
+from ...artifacts import sidecar_path
+from ...errors import PSViTError
+from ...flags import trt_command
+from ...outputs import Output, OutputKind, check_outputs
+from ...provenance import atomic_output, package_versions, sha256_file
 from ...runtime.tensorrt.sidecar import EngineSidecar, write_sidecar
 from ..errors import EngineBuildError
 from .build import DEFAULT_BATCH_PROFILE, Builder, build_engine, resolve_builder
@@ -28,7 +30,7 @@ from .options import OnnxFacts, inspect_onnx_file, parse_batch_profile, parse_si
 from .timing_cache import cache_key, default_cache_path, load_cache, save_cache
 
 __all__ = ["build_engine_file", "EngineResult", "EngineRequest", "engine_request", "write_engine",
-           "check_engine_output", "check_build_options"]
+           "check_engine_output", "check_build_options", "build_settings"]
 
 VERSIONED_PACKAGES = ("onnx", "onnxruntime", "torch", "tensorrt", "tensorrt-rtx", "tensorrt_rtx")
 MAX_REL_L2 = {"fp32": 1e-3, "fp16": 5e-3, "int8": 5e-2}  # engine vs its own ONNX (TF32 allowed in FP32)
@@ -53,6 +55,12 @@ class EngineResult:
     @property
     def sidecar_path(self) -> Path:
         return sidecar_path(self.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For ``psvit-export trt --json``: the engine, whether it was reused, the steps, and its sidecar."""
+        return {"path": str(self.path), "reused": self.reused, "onnx_path": str(self.onnx_path),
+                "sidecar_path": str(self.sidecar_path), "steps": self.steps, "seconds": self.seconds,
+                "warnings": self.warnings, "sidecar": self.sidecar.to_dict()}
 
 
 @dataclass
@@ -82,15 +90,12 @@ class EngineRequest:
         }
 
 
-def check_engine_output(out: str | os.PathLike) -> Path:
-    """Fail early on an engine path that cannot be written."""
+def check_engine_output(out: str | os.PathLike, inputs: Iterable[Any] = ()) -> Path:
+    """Fail early on an engine path (or its sidecar ``FILE.json``) that cannot be written or is one of
+    ``inputs``."""
     out = Path(out)
-    if out.is_dir():
-        raise OutputPathError(f"--out {out} is a folder; name an engine file, e.g. {out / 'model.engine'}")
-    if out.suffix == ".onnx" or out.name.endswith(".json"):
-        raise EngineBuildError(f"--out {out}: an engine file should not end in {out.suffix}; use e.g. "
-                               f"{' or '.join(ENGINE_SUFFIXES)}")
-    check_output_folder(out)
+    check_outputs([Output(out, OutputKind.ENGINE), Output(sidecar_path(out), OutputKind.JSON, "the sidecar")],
+                  inputs=inputs)
     return out
 
 
@@ -153,14 +158,14 @@ def _model_fields(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _generic_command(onnx_path: Path, out: Path, request: EngineRequest) -> str:
-    parts = ["psvit-export", "trt", str(onnx_path), "--out", str(out)]
-    if request.batch:
-        parts += ["--batch", ":".join(map(str, request.batch))]
-    if request.optimization_level is not None:
-        parts += ["--optimization-level", str(request.optimization_level)]
-    parts += ["--builder", request.builder.name.replace("_", "-"), "--force"]
-    return " ".join(parts)
+def build_settings(out: str | os.PathLike, request: EngineRequest) -> dict[str, Any]:
+    """The ``psvit-export trt`` settings (keys of :data:`TRT_FLAGS`) that rebuild ``request`` into ``out``:
+    every part of the reuse key, the precision and ``--force``."""
+    return {"out": str(out), "fp16": request.precision == "fp16", "int8": request.precision == "int8",
+            "batch": request.key["batch"], "workspace": request.workspace_bytes,
+            "optimization_level": request.optimization_level,
+            "timing_cache": str(request.timing_cache) if request.timing_cache else None,
+            "builder": request.builder.name.replace("_", "-"), "force": True}
 
 
 def write_engine(
@@ -179,7 +184,7 @@ def write_engine(
         calibration: the INT8 calibration record (None: read from the ONNX's metadata).
     """
     say = log or (lambda _msg: None)
-    out = check_engine_output(out)
+    out = check_engine_output(out, inputs=[request.onnx.path])
     facts, b = request.onnx, request.builder
     onnx_path = facts.path
     notes: list[str] = []
@@ -221,7 +226,7 @@ def write_engine(
         build_seconds=round(build.seconds, 3),
         built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         versions=package_versions(*VERSIONED_PACKAGES), psvit_deploy_version=package_versions().get("psvit-deploy"),
-        command=command or _generic_command(onnx_path, out, request), warnings=notes,
+        command=command or trt_command(onnx_path, build_settings(out, request)), warnings=notes,
     )
     precision_check, parity = check_engine(build.plan, sidecar, onnx_path, facts, say)
     sidecar.precision_check = {**precision_check, "parity": parity}
@@ -296,7 +301,7 @@ def build_engine_file(
         log: one line per stage; progress: the builder's phase lines while it builds.
     """
     t0 = time.perf_counter()
-    check_engine_output(out)
+    check_engine_output(out, inputs=[onnx_path, timing_cache])
     request = engine_request(onnx_path, batch=batch, workspace=workspace, optimization_level=optimization_level,
                              timing_cache=timing_cache, builder=builder)
     result = write_engine(request, out, command=command, log=log, progress=progress)

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...runtime.onnx_graph import graph_precision
 from ..errors import EngineBuildError
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# The largest batch a profile may ask for: the runtime allocates device and pinned host buffers for the
+# profile's MAX batch (TensorRT-RTX 1.7 only warned at 1:8:99999999999 and wrote an engine).
+MAX_PROFILE_BATCH = 4096
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
-_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
 
 
 def parse_batch_profile(text: str | None) -> tuple[int, int, int] | None:
@@ -33,7 +35,12 @@ def parse_batch_profile(text: str | None) -> tuple[int, int, int] | None:
     lo, opt, hi = values * 3 if len(values) == 1 else values
     if not lo <= opt <= hi:
         raise EngineBuildError(f"--batch {text!r}: need MIN <= OPT <= MAX, got {lo}:{opt}:{hi}")
+    if hi > MAX_PROFILE_BATCH:
+        raise EngineBuildError(f"--batch {text!r}: MAX {hi} is above the limit of {MAX_PROFILE_BATCH} (the runtime "
+                               f"allocates buffers for the MAX batch); use e.g. 1:8:{min(hi, 256)}, and split larger "
+                               f"batches (psvit.runtime chunks them)")
     return lo, opt, hi
+
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -81,11 +88,7 @@ def inspect_onnx_file(path: str | os.PathLike) -> OnnxFacts:
     if not graph.node or not graph.input:
         raise EngineBuildError(f"{path} is not an ONNX model with a graph (no nodes or inputs)")
     meta = read_metadata(model)
-    ops = {n.op_type for n in graph.node}
-    typed16 = any(t.data_type == _FLOAT16 for t in graph.initializer) or any(
-        v.type.tensor_type.elem_type == _FLOAT16 for v in [*graph.value_info, *graph.input, *graph.output]
-    ) or any(n.op_type == "Cast" and any(a.name == "to" and a.i == _FLOAT16 for a in n.attribute) for n in graph.node)
-    precision = "int8" if ops & set(_QDQ) else ("fp16" if typed16 else "fp32")
+    precision = graph_precision(model)
     declared = meta.get("psvit.precision")
     declared = str(declared).lower() if declared else None
     if declared in PRECISIONS and declared != precision:

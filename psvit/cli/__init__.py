@@ -33,20 +33,28 @@ from . import predict, search, triton, serve, loadtest  # noqa: E402,F401
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one clear message and exit 2, never a traceback.
 
-    Typer/click handle usage errors themselves (exit 2 with the usage line).
+    Typer/click handle usage errors themselves (exit 2 with the usage line). Ctrl-C and SIGTERM unwind the
+    same way (temporary files and folders removed) and exit 130 / 143 with one line.
     """
-    from rich.markup import escape
+    from .console import error, say
+    from .signals import signals_unwind
 
-    from .console import err_console
-
-    try:
-        app(args=argv, prog_name="psvit-export")
-    except PSViTError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # keep [extras] in pip hints
-        return 2
-    except SystemExit as exc:  # click ends standalone runs with sys.exit
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+    with signals_unwind() as received:
+        try:
+            app(args=argv, prog_name="psvit-export")
+        except PSViTError as exc:
+            error(str(exc))
+            return 2
+        except SystemExit as exc:  # click ends standalone runs with sys.exit (130 after KeyboardInterrupt)
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except KeyboardInterrupt:  # raised outside click's handling (e.g. while the command module imports)
+            code = 130
+        else:
+            code = 0
+    if received.signum is not None:
+        say(f"stopped by {received.name}; nothing half-written was kept")
+        return received.exit_code
+    return code
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
+from .console import console, note, say
 from .options import BackendChoice, DeviceOpt, JsonOpt, ThreadsOpt
 
 
@@ -82,18 +82,18 @@ def bench_command(
 ) -> None:
     """Latency per batch size: mean/median/p90/p95/p99/min/max, CoV, throughput; compute vs end-to-end."""
     from ..errors import require
-    from ..provenance import atomic_output, check_output_folder
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
     from ..runtime.bench import bench
     from ..runtime.errors import RuntimeInputError
     from ..runtime.profiler import parse_warmup
 
     if iters < 1:
         raise RuntimeInputError(f"--iters must be at least 1, got {iters}")
-    for out in (json_out, plot):  # fail before minutes of timing, not after
-        if out is not None:
-            check_output_folder(out)
     if plot is not None:
         require("matplotlib", "'psvit-deploy[plot]'", "benchmark plots")
+    check_outputs([Output(json_out, OutputKind.JSON, "--json"), Output(plot, OutputKind.PLOT, "--plot")],
+                  inputs=artifacts)  # before minutes of timing, not after
     options: dict = {}
     if threads:
         options["threads"] = threads
@@ -101,7 +101,7 @@ def bench_command(
         options["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
     report = bench(artifacts, backend=backend.value, device=device, batches=parse_batches(batch),
                    warmup=parse_warmup(warmup), iters=iters, layers=layers, options=options,
-                   log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
+                   log=note)
     console.print(comparison_table(report))
     for t in report.targets:
         if t.layers:
@@ -109,9 +109,9 @@ def bench_command(
     if json_out is not None:
         with atomic_output(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(report.to_dict(), indent=2))
-        err_console.print(f"wrote {json_out}", highlight=False)
+        say(f"wrote {json_out}")
     if plot is not None:
         from ..runtime.plots import plot_report
 
         plot_report(report, plot)
-        err_console.print(f"wrote {plot}", highlight=False)
+        say(f"wrote {plot}")

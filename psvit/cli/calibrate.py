@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
+from .console import console, note
 from .options import (
     CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt, VariantOpt,
     deprecated_alias,
@@ -50,28 +50,34 @@ def calibrate_command(
 ) -> None:
     """Quantize to explicit Q/DQ INT8 ONNX with the PSViT recipe and report FP32 vs INT8 accuracy."""
     from ..artifacts import ArtifactKind, detect_artifact
-    from ..calibration import load_calibration_set, quantize_onnx
+    from ..calibration import default_cache_path, load_calibration_set, quantize_onnx
     from ..calibration.model import load_fp32_model
-    from ..errors import DataError
-    from ..provenance import atomic_output, check_output_folder
+    from ..errors import ArtifactError, DataError
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
 
     calib_method = deprecated_alias("--method", "--calib-method", method_old, calib_method)
     calib_cache = deprecated_alias("--cache", "--calib-cache", cache_old, calib_cache)
     exclude = exclude or []
     if eval_count is not None and eval_count < 1:
         raise DataError(f"--eval-count must be at least 1, got {eval_count}")
-    if json_out is not None:  # a missing or read-only --json folder fails before the work, not after it
-        check_output_folder(json_out)
-    say = lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
+    say = note
     fp32_path = model
-    if detect_artifact(model).kind is not ArtifactKind.ONNX:  # a checkpoint: the pipeline exports it first
+    kind = detect_artifact(model).kind
+    if kind is ArtifactKind.ENGINE:
+        raise ArtifactError(f"{model} is a TensorRT engine; calibrate its FP32 ONNX or checkpoint instead (an engine's "
+                            f"sidecar names its ONNX: psvit-export inspect {model})")
+    fp32_out = None if kind is ArtifactKind.ONNX else out.with_name(out.stem + ".fp32.onnx")
+    check_outputs([  # every file this command writes, before any work
+        Output(out, OutputKind.ONNX), Output(calib_cache or default_cache_path(out), OutputKind.JSON, "--calib-cache"),
+        Output(json_out, OutputKind.JSON, "--json"), Output(fp32_out, OutputKind.ONNX, "the FP32 ONNX export"),
+    ], inputs=[model, calib_data, eval_data])
+    if fp32_out is not None:  # a checkpoint: the pipeline exports it first
         from ..calibration.data import require_data
         from ..pipeline import export_step
 
         require_data(calib_data)  # before minutes of export
-        check_output_folder(out)
-        fp32_path = str(export_step(model, out.with_name(out.stem + ".fp32.onnx"), "fp32", variant=variant,
-                                    log=say).path)
+        fp32_path = str(export_step(model, fp32_out, "fp32", variant=variant, log=say).path)
     result = quantize_onnx(
         fp32_path, out, calib_data=calib_data, calib_count=calib_count, calib_batch=calib_batch,
         calib_method=calib_method.value, calib_cache=calib_cache, force_recalibrate=force_recalibrate,
@@ -109,7 +115,7 @@ def calibrate_command(
         console.print(sensitivity_table(sens))
         if sens.suggested_exclusions:
             hint = " ".join(f"--exclude '^{n}$'" for n in sens.suggested_exclusions)
-            console.print(f"suggested exclusions (* above): {hint}", highlight=False)
+            console.print(f"suggested exclusions (* above): {hint}", highlight=False, markup=False)
     if json_out is not None:
         with atomic_output(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(report, indent=2, default=str))

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
+from .console import console, warn
 from .options import JsonOpt, VariantOpt
 
 
@@ -40,16 +40,20 @@ def compare_command(
     """Relative L2 error, max abs error, cosine similarity and top-1 agreement, per output."""
     from ..export.inputs import sample_inputs
     from ..export.verify import compare, require_close
-    from ..provenance import atomic_output, check_output_folder
+    from ..errors import PSViTError
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
 
-    if json_out is not None:
-        check_output_folder(json_out)  # before loading and running both artifacts
+    if max_rel_error is not None and not max_rel_error > 0:
+        raise PSViTError(f"--max-rel-error must be a positive number (e.g. 1e-3), got {max_rel_error:g}")
+    if count < 1:
+        raise PSViTError(f"--count must be at least 1, got {count}")
+    check_outputs([Output(json_out, OutputKind.JSON, "--json")], inputs=[a, b, data])  # before running both
     ref = _open(a, variant, seed)
     cand = _open(b, variant, seed)
     for r in (ref, cand):
         if r.backend.metadata.get("random_weights"):
-            err_console.print(f"[bold yellow]WARNING: {r.name} has RANDOM WEIGHTS (a variant name, not a trained "
-                              f"model)[/]", highlight=False)
+            warn(f"{r.name} has RANDOM WEIGHTS (a variant name, not a trained model)", "WARNING:")
     inputs = sample_inputs(data, count=count, input_shape=ref.input_shape,
                            preprocess=ref.backend.preprocess or cand.backend.preprocess, seed=seed)
     result = compare(ref, cand, inputs, max_rel_l2=max_rel_error)

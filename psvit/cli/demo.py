@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .console import console, err_console
+from .console import console, note, say, warn
 from .options import ThreadsOpt
 
 
@@ -63,12 +63,12 @@ def demo_command(
     from .bench import parse_batches
 
     def say(message: str) -> None:
-        err_console.print(f"[dim]{escape(message)}[/]", highlight=False)
+        note(message)
 
     result = run_demo(out, heldout=heldout, batches=tuple(parse_batches(batch)), iters=iters, warmup=warmup,
                       engines=engines, force=force, threads=threads, log=say)
     for table in demo_tables(result):
         console.print(table)
     for s in result.skipped:
-        err_console.print(f"[yellow]skipped:[/] {escape(s['what'])}: {escape(s['why'])}", highlight=False)
-    err_console.print(f"wrote {result.out / SUMMARY} ({result.seconds['total']:.0f} s)", highlight=False)
+        warn(f"{s['what']}: {s['why']}", "skipped:")
+    say(f"wrote {result.out / SUMMARY} ({result.seconds['total']:.0f} s)")

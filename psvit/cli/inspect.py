@@ -1,5 +1,6 @@
-"""``psvit-export inspect FILE.onnx``: I/O, opset, ops, precision share, tokens, attention maps, metadata;
-with ``--fusions``, what ONNX Runtime's optimizer fused and the time per op type."""
+"""``psvit-export inspect FILE``: an ONNX file's I/O, opset, ops, precision share, tokens, attention maps and
+metadata (with ``--fusions``, what ONNX Runtime's optimizer fused and the time per op type); an engine's
+sidecar."""
 from __future__ import annotations
 
 import enum
@@ -25,9 +26,31 @@ class Provider(str, enum.Enum):
     tensorrt = "tensorrt"
 
 
+def _engine(file: Path, as_json: bool) -> None:
+    """An engine: what its sidecar records (TensorRT itself needs a GPU to read the plan)."""
+    from ..runtime.tensorrt import read_sidecar
+
+    sc = read_sidecar(file)  # missing, corrupt or describing another plan: an error saying how to rebuild
+    if as_json:
+        typer.echo(json.dumps({"kind": "engine", "sidecar": sc.to_dict()}, indent=2, default=str))
+        return
+    t = Table(title=f"{file} (TensorRT engine; from its sidecar {file.name}.json)", show_header=False)
+    t.add_row("builder", f"{sc.flavour} {sc.version}")
+    t.add_row("built for", sc.device_name or f"ahead of time: compute capability "
+                                             f"{', '.join(map(str, sc.target.get('compute_capabilities', [])))}")
+    t.add_row("precision", sc.precision.upper())
+    t.add_row("batch profile", ":".join(map(str, sc.batch)) if sc.batch else f"static {sc.static_shapes}")
+    t.add_row("ONNX", f"{sc.onnx_path} (sha256 {sc.onnx_sha256[:12]}…)")
+    t.add_row("source", str(sc.source.get("description")))
+    t.add_row("size", f"{sc.engine_bytes / 1e6:.2f} MB")
+    t.add_row("built at", f"{sc.built_at} in {sc.build_seconds:.1f} s")
+    t.add_row("rebuild", sc.command)
+    console.print(t)
+
+
 @app.command("inspect")
 def inspect_command(
-    file: Annotated[Path, typer.Argument(metavar="FILE.onnx", help="An .onnx file.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="An .onnx file, or an engine (shows its sidecar).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     fusions: Annotated[bool, typer.Option(
         "--fusions", help="Load the graph in ONNX Runtime: the fusions its optimizer applied and the time per "
@@ -37,9 +60,12 @@ def inspect_command(
     runs: Annotated[int, typer.Option(help="With --fusions: profiled runs (0: fusions only).")] = 10,
     threads: Annotated[int, typer.Option(help="With --fusions: intra-op threads (0: ONNX Runtime's).")] = 0,
 ) -> None:
-    """Summarise an ONNX artifact."""
+    """Summarise an ONNX artifact (or an engine, from its sidecar)."""
+    from ..artifacts import ArtifactKind, detect_artifact
     from ..export import inspect_onnx
 
+    if file.is_file() and detect_artifact(file).kind is ArtifactKind.ENGINE:
+        return _engine(file, as_json)
     s = inspect_onnx(file)
     report = None
     if fusions:

@@ -58,14 +58,14 @@ def loadtest_command(
 ) -> None:
     """Throughput and latency per concurrency level, the server's queue vs compute time; exit 1 on mismatches."""
     from ..errors import require
-    from ..provenance import atomic_output, check_output_folder
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
     from ..serve.errors import LoadTestError
     from ..serve.loadgen import parse_concurrency, run_loadtest
 
     levels = parse_concurrency(concurrency)
-    for out in (json_out, plot):  # fail before the sweep, not after
-        if out is not None:
-            check_output_folder(out)
+    check_outputs([Output(json_out, OutputKind.JSON, "--json"), Output(plot, OutputKind.PLOT, "--plot")],
+                  inputs=[reference])  # before the sweep, not after
     if plot is not None:
         require("matplotlib", "'psvit-deploy[plot]'", "load test plots")
     if reference is None:
@@ -78,12 +78,12 @@ def loadtest_command(
     if json_out is not None:
         with atomic_output(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        err_console.print(f"wrote {json_out}", highlight=False)
+        err_console.print(f"wrote {escape(str(json_out))}", highlight=False)
     if plot is not None:
         from ..serve.plots import plot_sweeps
 
         plot_sweeps([(f"{report.model} ({report.protocol})", report.levels)], plot)
-        err_console.print(f"wrote {plot}", highlight=False)
+        err_console.print(f"wrote {escape(str(plot))}", highlight=False)
     for lv in report.levels:
         for sample in lv.error_samples:
             err_console.print(f"[red]error at concurrency {lv.concurrency}:[/] {escape(sample)}", highlight=False)

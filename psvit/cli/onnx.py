@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import console, err_console, format_bytes
+from .console import console, format_bytes, note, warn
 from .options import JsonOpt, SharedAttention, VariantOpt, deprecated_alias
 
 
@@ -45,20 +45,20 @@ def onnx_command(
 ) -> None:
     """Export to ONNX with static token counts, check the graph and verify it against PyTorch."""
     from ..export import export_onnx
-    from ..provenance import atomic_output, check_output_folder
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
 
     report = deprecated_alias("--report", "--json", report_old, json_out)
-    if report is not None:
-        check_output_folder(report)  # before minutes of export, not after
+    check_outputs([Output(out, OutputKind.ONNX), Output(report, OutputKind.JSON, "--json")],  # before the export
+                  inputs=[source, data])
     result = export_onnx(
         source, out, variant=variant, fp16=fp16, fp16_io=fp16_io, batch=batch,
         shared_attention=shared_attention.value, qk_min_tokens=qk_min_tokens, opset=opset, data=data, count=count,
-        strict=verify_strict, seed=seed, log=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+        strict=verify_strict, seed=seed, log=note,
     )
     src = result.source
     if src.random_weights:
-        err_console.print(f"[bold yellow]WARNING: {src.description}. The ONNX file records this "
-                          f"(psvit.random_weights=true).[/]", highlight=False)
+        warn(f"{src.description}. The ONNX file records this (psvit.random_weights=true).", "WARNING:")
     table = Table(title=f"exported {result.path}", show_header=False)
     table.add_row("source", src.description + (f" (sha256 {src.sha256[:12]}…)" if src.sha256 else ""))
     table.add_row("size", format_bytes(result.size_bytes) + (f" + external data {result.external_data}"
@@ -92,7 +92,7 @@ def onnx_command(
     table.add_row("time", ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
     console.print(table)
     for w in result.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+        warn(w)
     if report is not None:
         with atomic_output(report, suffix=".json") as tmp:
             tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .console import err_console
+from ..flags import TRT_FLAGS as F
+from .console import warn
 
 
 class BackendChoice(str, enum.Enum):
@@ -39,14 +40,14 @@ class SharedAttention(str, enum.Enum):
 
 
 CalibDataOpt = Annotated[Optional[str], typer.Option(
-    "--calib-data", help="Calibration images: image folder (recursive), .npy/.npz of preprocessed images, or "
+    F["calib_data"], help="Calibration images: image folder (recursive), .npy/.npz of preprocessed images, or "
                          "'synthetic'.")]
-CalibCountOpt = Annotated[Optional[int], typer.Option("--calib-count", help="Calibration images [default: 256].")]
-CalibBatchOpt = Annotated[Optional[int], typer.Option("--calib-batch",
+CalibCountOpt = Annotated[Optional[int], typer.Option(F["calib_count"], help="Calibration images [default: 256].")]
+CalibBatchOpt = Annotated[Optional[int], typer.Option(F["calib_batch"],
                                                       help="Images per calibration run [default: 16].")]
-CalibMethodOpt = Annotated[CalibMethod, typer.Option("--calib-method", help="Calibration method.")]
+CalibMethodOpt = Annotated[CalibMethod, typer.Option(F["calib_method"], help="Calibration method.")]
 CalibCacheOpt = Annotated[Optional[Path], typer.Option(
-    "--calib-cache", help="Calibration cache file [default: next to the INT8 ONNX, *.calib.json].")]
+    F["calib_cache"], help="Calibration cache file [default: next to the INT8 ONNX, *.calib.json].")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
 VariantOpt = Annotated[Optional[str], typer.Option(
     "--variant", help="Architecture of a .pth state dict without a config.")]
@@ -60,5 +61,5 @@ def deprecated_alias(old: str, new: str, value: object, current: object, default
     """The value of a renamed option: ``new``'s, or the hidden old spelling's with a warning."""
     if value is None or value == default:
         return current
-    err_console.print(f"[bold yellow]warning:[/] {old} is deprecated; use {new}", highlight=False)
+    warn(f"{old} is deprecated; use {new}")
     return value

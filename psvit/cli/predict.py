@@ -101,12 +101,16 @@ def predict_command(
 ) -> None:
     """Top-k labels for image files: pipelined decoding, streamed to a resumable file, optional Ray scale-out."""
     from ..errors import ConfigError
-    from ..provenance import atomic_output, check_output_folder
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
     from ..runtime.errors import OutputError
     from ..runtime.predict_job import predict_to_file
 
-    if json_out is not None:
-        check_output_folder(json_out)
+    # Parquet outputs are folders of parts (and an output that exists may be resumed): the prediction file is
+    # checked against the inputs here, for existence/resume/format by predict_to_file.
+    predictions = None if out is None or out.suffix.lower() == ".parquet" else out
+    check_outputs([Output(predictions, OutputKind.FILE), Output(json_out, OutputKind.JSON, "--json")],
+                  inputs=[artifact, *inputs])
     ray_settings = None
     if ray is not None:
         from ..runtime.ray_predict import RaySettings

@@ -39,6 +39,7 @@ def serve_command(
         "--json", help="Print the endpoints as one JSON line on stdout once the models are ready.")] = False,
 ) -> None:
     """Serve an artifact on Triton (PyTriton): HTTP/gRPC, dynamic batching, health, metrics; SIGTERM drains."""
+    from ..outputs import Output, OutputKind, check_outputs
     from ..runtime import load
     from ..serve.server import ServeOptions, serve
 
@@ -48,6 +49,7 @@ def serve_command(
         instances=instances, topk=topk, exit_timeout_s=exit_timeout, log_file=log_file,
     )
     options.check()  # before loading the artifact
+    check_outputs([Output(log_file, OutputKind.FILE, "--log-file")], inputs=[artifact])
 
     def ready(info: dict) -> None:
         if json_out:

@@ -10,25 +10,16 @@ from rich.table import Table
 
 from ..checkpoint import save_checkpoint
 from ..data import LabeledImages, check_fraction, split_indices
-from ..errors import CheckpointError, ConfigError, PSViTError
+from ..errors import ConfigError
 from ..preprocessing import Preprocess
-from ..provenance import check_output_folder
+from ..outputs import Output, OutputKind, check_outputs
 from ..registry import get_config
 from ..train import TrainRecipe, build_model, train as run_training, training_metadata
 from . import app
-from .console import console, err_console
+from .console import console, say, warn
 
 SYNTHETIC = "synthetic"
 DEFAULT_SYNTHETIC_COUNT = 8000
-
-
-def _check_output(out: Path) -> None:
-    """Fail before training, not after, on an output that cannot be written."""
-    if out.suffix != ".safetensors":
-        raise CheckpointError(f"--out must end in .safetensors, got {out.name}")
-    check_output_folder(out)
-    if out.is_dir():
-        raise PSViTError(f"--out {out} is a folder; pass a file name ending in .safetensors")
 
 
 def _load_data(data: str, synthetic_count: int | None, seed: int, preprocess: Preprocess) -> LabeledImages:
@@ -38,7 +29,7 @@ def _load_data(data: str, synthetic_count: int | None, seed: int, preprocess: Pr
         count = DEFAULT_SYNTHETIC_COUNT if synthetic_count is None else synthetic_count
         if count < 20:
             raise ConfigError(f"--synthetic-count must be at least 20 (2 per class), got {count}")
-        err_console.print(f"generating {count} synthetic images (seed {seed})...", highlight=False)
+        say(f"generating {count} synthetic images (seed {seed})...")
         return load_synthetic(count, seed, preprocess)
     if synthetic_count is not None:
         raise ConfigError("--synthetic-count only applies to --data synthetic; drop it or use --data synthetic")
@@ -47,9 +38,7 @@ def _load_data(data: str, synthetic_count: int | None, seed: int, preprocess: Pr
     dataset = load_image_folder(data, preprocess)
     skipped = dataset.source["skipped"]
     if skipped:
-        err_console.print(
-            f"[yellow]skipped {len(skipped)} unreadable file(s)[/], e.g. {skipped[0]}", highlight=False
-        )
+        warn(f"{len(skipped)} unreadable file(s), e.g. {skipped[0]}", "skipped")
     return dataset
 
 
@@ -98,7 +87,7 @@ def train(
     )] = None,
 ) -> None:
     """Train a PSViT on CPU and save a checkpoint with its recipe, data fingerprint and held-out accuracy."""
-    _check_output(out)
+    check_outputs([Output(out, OutputKind.CHECKPOINT)], inputs=[data])  # before training, not after
     check_fraction(val_fraction)
     cfg = get_config(variant)
     preprocess = Preprocess.from_config(cfg)
@@ -110,8 +99,8 @@ def train(
     train_idx, heldout_idx = split_indices(dataset.labels, val_fraction, seed)
     held = (f"{len(heldout_idx)} held out" if len(heldout_idx)
             else "none held out (--val-fraction 0): no held-out accuracy will be measured")
-    err_console.print(f"{len(dataset)} images, {dataset.class_summary()}", highlight=False)
-    err_console.print(f"{len(train_idx)} train, {held}", highlight=False)
+    say(f"{len(dataset)} images, {dataset.class_summary()}")
+    say(f"{len(train_idx)} train, {held}")
     model = build_model(variant, dataset.num_classes, seed)
     result = run_training(model, dataset.subset(train_idx), dataset.subset(heldout_idx), preprocess, recipe)
     command = reproduce_command(variant, data, synthetic_count, recipe, val_fraction, out)

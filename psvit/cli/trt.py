@@ -1,8 +1,7 @@
 """``psvit-export trt SOURCE --out FILE``: a TensorRT / TensorRT-RTX engine plus its sidecar ``FILE.json``."""
 from __future__ import annotations
 
-import shlex
-import sys
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,10 +9,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..flags import TRT_FLAGS as F
 from . import app
-from .console import console, err_console, format_bytes
+from .console import console, err_console, format_bytes, note, warn
 from .options import (
-    BuilderChoice, CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt,
+    BuilderChoice, CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt,
     deprecated_alias,
 )
 
@@ -38,7 +38,7 @@ class _Status:
         self.status.update(f"building engine [{time.perf_counter() - self.start:5.1f} s] {self.phase}")
 
     def log(self, msg: str) -> None:
-        err_console.print(f"[dim]{msg}[/]", highlight=False)
+        note(msg)
         self._show()
 
     def progress(self, phase: str) -> None:
@@ -51,9 +51,9 @@ def trt_command(
     source: Annotated[str, typer.Argument(
         metavar="SOURCE", help="Checkpoint (.safetensors), 'demo', a variant name (random weights), an FP32 ONNX, "
                                "or an FP16 / Q-DQ INT8 ONNX (built as it is).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Engine file (raw plan); its sidecar is FILE.json.")],
-    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (exported from the checkpoint).")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine (an FP32 source is calibrated: needs "
+    out: Annotated[Path, typer.Option(F["out"], "-o", help="Engine file (raw plan); its sidecar is FILE.json.")],
+    fp16: Annotated[bool, typer.Option(F["fp16"], help="FP16 engine (exported from the checkpoint).")] = False,
+    int8: Annotated[bool, typer.Option(F["int8"], help="INT8 engine (an FP32 source is calibrated: needs "
                                                       "--calib-data).")] = False,
     calib_data: CalibDataOpt = None,
     calib_count: CalibCountOpt = None,
@@ -61,30 +61,36 @@ def trt_command(
     calib_method: CalibMethodOpt = CalibMethod.max,
     calib_cache: CalibCacheOpt = None,
     batch: Annotated[Optional[str], typer.Option(
-        "--batch", help="MIN:OPT:MAX profile or a fixed N [default: 1:8:32 for a dynamic batch].")] = None,
+        F["batch"], help="MIN:OPT:MAX profile or a fixed N [default: 1:8:32 for a dynamic batch].")] = None,
     workspace: Annotated[Optional[str], typer.Option(
-        "--workspace", help="Workspace limit, e.g. 512M, 2G [default: TensorRT's].")] = None,
+        F["workspace"], help="Workspace limit, e.g. 512M, 2G [default: TensorRT's].")] = None,
     optimization_level: Annotated[Optional[int], typer.Option(
-        "--optimization-level", help="Builder optimization level 0-5; 0 builds fastest [default: 3].")] = None,
+        F["optimization_level"], help="Builder optimization level 0-5; 0 builds fastest [default: 3].")] = None,
     opt_level_old: Annotated[Optional[int], typer.Option("--opt-level", hidden=True)] = None,
     timing_cache: Annotated[Optional[Path], typer.Option(
-        "--timing-cache", help="Timing cache file, TensorRT only [default: one per TensorRT version and GPU in "
+        F["timing_cache"], help="Timing cache file, TensorRT only [default: one per TensorRT version and GPU in "
                                "~/.cache].")] = None,
     builder: Annotated[BuilderChoice, typer.Option(
-        "--builder", help="TensorRT flavour (auto: tensorrt if installed, else tensorrt-rtx).")] = BuilderChoice.auto,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching engine exists.")] = False,
+        F["builder"], help="TensorRT flavour (auto: tensorrt if installed, else tensorrt-rtx).")] = BuilderChoice.auto,
+    force: Annotated[bool, typer.Option(F["force"], help="Rebuild even if a matching engine exists.")] = False,
+    json_out: JsonOpt = None,
 ) -> None:
     """Build a TensorRT or TensorRT-RTX engine (raw plan) with a provenance sidecar; reuse a matching one."""
     from .. import pipeline
+    from ..artifacts import sidecar_path
+    from ..outputs import Output, OutputKind, check_outputs
+    from ..provenance import atomic_output
 
     optimization_level = deprecated_alias("--opt-level", "--optimization-level", opt_level_old, optimization_level)
-    command = shlex.join(["psvit-export", "trt", *sys.argv[2:]]) if sys.argv[1:2] == ["trt"] else None
+    # The pipeline checks the engine, sidecar and intermediate files; --json is this command's own.
+    check_outputs([Output(json_out, OutputKind.JSON, "--json"), Output(sidecar_path(out), OutputKind.JSON,
+                   "the sidecar")], inputs=[source, calib_data])
     with _Status() as status:
         result = pipeline.engine(
             source, out, fp16=fp16, int8=int8, calib_data=calib_data, calib_count=calib_count,
             calib_batch=calib_batch, calib_method=calib_method.value, calib_cache=calib_cache, batch=batch,
             workspace=workspace, optimization_level=optimization_level, timing_cache=timing_cache,
-            builder=builder.value, force=force, command=command, log=status.log, progress=status.progress,
+            builder=builder.value, force=force, log=status.log, progress=status.progress,
         )
     sc = result.sidecar
     title = f"{'reused' if result.reused else 'built'} {result.path}"
@@ -123,4 +129,7 @@ def trt_command(
     table.add_row("sidecar", str(result.sidecar_path))
     console.print(table)
     for w in result.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+        warn(w)
+    if json_out is not None:
+        with atomic_output(json_out, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))

@@ -164,7 +164,8 @@ class OnnxRuntimeBackend(Backend):
         self.metadata = meta
         self.class_names = meta.get("psvit.class_names") or None
         self.preprocess = meta.get("psvit.preprocess") or None
-        self.precision = str(meta.get("psvit.precision") or "fp32")
+        self._source = source if in_memory else None
+        self._precision: str | None = None  # read from the graph on first use (needs onnx)
         self.providers = self.session.get_providers()
         self.gpu = self.providers[0] in GPU_PROVIDERS
         self.device = (device or "cuda:0") if self.gpu else "cpu"
@@ -180,6 +181,23 @@ class OnnxRuntimeBackend(Backend):
         self._bindings: dict[int, tuple[Any, Any, Any, Any]] = {}  # batch -> (binding, in, outs, run options)
         self._profile: dict[str, dict[str, float]] | None = None
         self._runs = 0
+
+    @property
+    def precision(self) -> str:
+        """The graph's own precision (Q/DQ nodes: int8, FP16 types: fp16), not what its metadata says; read
+        on first use (with onnx; without it, the metadata's ``psvit.precision``)."""
+        if self._precision is None:
+            declared = str(self.metadata.get("psvit.precision") or "fp32")
+            try:
+                import onnx
+            except ImportError:
+                return declared
+            from ..onnx_graph import graph_precision
+
+            model = (onnx.load_from_string(bytes(self._source)) if self._source is not None
+                     else onnx.load(str(self.path), load_external_data=False))
+            self._precision = graph_precision(model)
+        return self._precision
 
     # ---- GPU path: IO binding ----------------------------------------------------------------------
     def _binding(self, n: int) -> tuple[Any, Any, Any, Any]:
