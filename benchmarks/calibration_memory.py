@@ -36,7 +36,7 @@ from _common import write_json  # noqa: E402
 
 METHODS = ("max", "percentile", "entropy", "mse")
 REFERENCE_MB_PER_IMAGE = 32.0  # psvit_2d_tiny at 224, measured: the reference keeps every activation
-REFERENCE_MARGIN_GB = 2.0
+REFERENCE_MARGIN_GB = 3.0  # 512 images: 16 + 3 = 19 GB must be available
 
 
 # ---- child processes ---------------------------------------------------------------------------------
