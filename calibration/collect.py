@@ -123,57 +123,84 @@ class FixedRangeHistograms:
         return out
 
 
-def _min_max(model: Path, data: CalibrationSet, input_name: str, batch: int, static_batch: int | None,
-             op_types: Sequence[str], workdir: Path, symmetric: bool, meter: PassMeter) -> Any:
-    """ORT's MinMax calibrator, one batch per ``collect_data`` call (it merges the range after each)."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+@dataclass
+class Statistics:
+    """What the passes keep of the images: per-tensor (min, max) as ORT's MinMax calibrator merged them, and the
+    fixed-range histograms of the histogram methods."""
 
-    with quiet_ort():
-        calibrator = create_calibrator(model, list(op_types), augmented_model_path=str(workdir / "minmax.onnx"),
-                                       calibrate_method=CalibrationMethod.MinMax,
-                                       extra_options={"symmetric": symmetric})
-    for feed, real in _feeds(data, input_name, batch, static_batch):
-        calibrator.collect_data(_OneBatch(feed))
-        meter.advance(real)
-    with quiet_ort():
-        return calibrator.compute_data()
+    minmax: dict[str, tuple[np.ndarray, np.ndarray]]
+    histograms: FixedRangeHistograms | None
+    images: int
 
 
-def _histogram_ranges(model: Path, data: CalibrationSet, input_name: str, batch: int, static_batch: int | None,
-                      op_types: Sequence[str], workdir: Path, method: str, minmax: Any, meter: PassMeter) -> Any:
-    """Pass 2: fixed-range histograms of the tensors ORT calibrates, then the method's thresholds."""
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod, HistogramCollector, TensorData, TensorsData, create_calibrator,
-    )
+class StreamingCalibrator:
+    """ORT's augmented graphs and sessions for one FP32 model and method, built once; :meth:`collect` streams a
+    calibration set through them (as often as wanted), :meth:`ranges` turns the statistics into ranges."""
 
-    spec = histogram_spec(method)
-    assert spec is not None
-    ort_method = getattr(CalibrationMethod, ORT_METHOD[method])
-    options = {"symmetric": True, "num_bins": spec.bins, "percentile": PERCENTILE,
-               "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
-    with quiet_ort():  # ORT's augmented graph: every tensor it calibrates becomes an output
-        calibrator = create_calibrator(model, list(op_types), augmented_model_path=str(workdir / "histogram.onnx"),
-                                       calibrate_method=ort_method, extra_options=options)
-    names = sorted(calibrator.tensors_to_calibrate)
-    bounds = {n: tuple(np.float32(np.asarray(v).reshape(-1)[0]) for v in minmax[n].range_value) for n in names}
-    histograms = FixedRangeHistograms(bounds, spec)  # type: ignore[arg-type]
-    fed = static_batch or batch
-    for feed, real in _feeds(data, input_name, batch, static_batch):
-        for name, values in zip(names, calibrator.infer_session.run(names, feed)):
-            histograms.add(name, _real_rows(values, real, fed))
-        meter.advance(real)
-    if method == "mse":
-        ranges = {}
-        for name, (hist, edges, *_rest) in histograms.ort_layout().items():
-            t = np.float32(mse_threshold(hist, edges.astype(np.float64)))
-            ranges[name] = TensorData(lowest=np.array(-t, np.float32), highest=np.array(t, np.float32))
-        return TensorsData(ort_method, ranges)
-    calibrator.collector = HistogramCollector(method=method, symmetric=True, num_bins=spec.bins,
-                                              num_quantized_bins=ENTROPY_QUANTIZED_BINS, percentile=PERCENTILE,
-                                              scenario="same")
-    calibrator.collector.histogram_dict = histograms.ort_layout()
-    with quiet_ort():
-        return calibrator.compute_data()
+    def __init__(self, model: Path, method: str, *, input_name: str, op_types: Sequence[str], workdir: Path) -> None:
+        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+        self.method, self.input_name, self.spec = method, input_name, histogram_spec(method)
+        with quiet_ort():
+            self._minmax = create_calibrator(model, list(op_types), augmented_model_path=str(workdir / "minmax.onnx"),
+                                             calibrate_method=CalibrationMethod.MinMax,
+                                             extra_options={"symmetric": False})
+            self._histogram = None if self.spec is None else create_calibrator(  # every calibrated tensor an output
+                model, list(op_types), augmented_model_path=str(workdir / "histogram.onnx"),
+                calibrate_method=getattr(CalibrationMethod, ORT_METHOD[method]),
+                extra_options={"symmetric": True, "num_bins": self.spec.bins, "percentile": PERCENTILE,
+                               "num_quantized_bins": ENTROPY_QUANTIZED_BINS})
+
+    @property
+    def passes(self) -> int:
+        return 1 if self.spec is None else 2
+
+    def collect(self, data: CalibrationSet, *, batch: int, static_batch: int | None = None,
+                progress: ProgressCallback | None = None) -> Statistics:
+        """Pass 1: ORT's MinMax calibrator, one batch per ``collect_data`` call (it merges the range after each
+        call). Pass 2 (histogram methods): the calibrated tensors of every batch into fixed-range histograms."""
+        meter = PassMeter("ranges", 1, self.passes, len(data), progress)
+        self._minmax.clear_collected_data()
+        self._minmax.calibrate_tensors_range = None  # a fresh run of a reused calibrator
+        for feed, real in _feeds(data, self.input_name, batch, static_batch):
+            self._minmax.collect_data(_OneBatch(feed))
+            meter.advance(real)
+        with quiet_ort():
+            minmax = {name: td.range_value for name, td in self._minmax.compute_data().items()}
+        if self._histogram is None or self.spec is None:
+            return Statistics(minmax, None, meter.done)
+        meter = PassMeter("histograms", 2, self.passes, len(data), progress)
+        names = sorted(self._histogram.tensors_to_calibrate)
+        bounds = {n: (np.float32(minmax[n][0].reshape(-1)[0]), np.float32(minmax[n][1].reshape(-1)[0])) for n in names}
+        histograms = FixedRangeHistograms(bounds, self.spec)
+        fed = static_batch or batch
+        for feed, real in _feeds(data, self.input_name, batch, static_batch):
+            for name, values in zip(names, self._histogram.infer_session.run(names, feed)):
+                histograms.add(name, _real_rows(values, real, fed))
+            meter.advance(real)
+        return Statistics(minmax, histograms, meter.done)
+
+    def ranges(self, stats: Statistics) -> Any:
+        """ORT ``TensorsData`` of symmetric per-tensor ranges: ±max|x| (max), ORT's percentile or entropy
+        threshold search, or :func:`.methods.mse_threshold`."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, TensorData, TensorsData
+
+        if self._histogram is None or stats.histograms is None or self.spec is None:
+            amax = {n: np.maximum(np.abs(lo), np.abs(hi)) for n, (lo, hi) in stats.minmax.items()}  # as ORT does
+            return TensorsData(CalibrationMethod.MinMax, {n: (-a, a) for n, a in amax.items()})
+        layout = stats.histograms.ort_layout()
+        if self.method == "mse":
+            ranges = {}
+            for name, (hist, edges, *_rest) in layout.items():
+                t = np.float32(mse_threshold(hist, edges.astype(np.float64)))
+                ranges[name] = TensorData(lowest=np.array(-t, np.float32), highest=np.array(t, np.float32))
+            return TensorsData(CalibrationMethod.Percentile, ranges)
+        self._histogram.collector = HistogramCollector(method=self.method, symmetric=True, num_bins=self.spec.bins,
+                                                       num_quantized_bins=ENTROPY_QUANTIZED_BINS,
+                                                       percentile=PERCENTILE, scenario="same")
+        self._histogram.collector.histogram_dict = layout
+        with quiet_ort():
+            return self._histogram.compute_data()
 
 
 def calibrate_ranges(
@@ -191,12 +218,7 @@ def calibrate_ranges(
     """Per-tensor symmetric ranges of ``method`` over ``data``, streamed in batches of ``batch`` images
     (``static_batch`` for a fixed-batch graph). ``progress`` is called after every batch."""
     start = time.perf_counter()
-    passes = 1 if histogram_spec(method) is None else 2
-    meter = PassMeter("ranges", 1, passes, len(data), progress)
-    minmax = _min_max(model, data, input_name, batch, static_batch, op_types, workdir, passes == 1, meter)
-    ranges = minmax
-    if passes == 2:
-        meter = PassMeter("histograms", 2, passes, len(data), progress)
-        ranges = _histogram_ranges(model, data, input_name, batch, static_batch, op_types, workdir, method, minmax,
-                                   meter)
-    return Calibration(ranges=ranges, images=meter.done, passes=passes, seconds=time.perf_counter() - start)
+    calibrator = StreamingCalibrator(model, method, input_name=input_name, op_types=op_types, workdir=workdir)
+    stats = calibrator.collect(data, batch=batch, static_batch=static_batch, progress=progress)
+    return Calibration(ranges=calibrator.ranges(stats), images=stats.images, passes=calibrator.passes,
+                       seconds=time.perf_counter() - start)
