@@ -18,7 +18,7 @@ def script(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency"])
+@pytest.mark.parametrize("name", ["runtime_overhead", "gpu_latency", "calibration_memory", "calibration_convergence"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         script(name).main(["--help"])
@@ -50,3 +50,17 @@ def test_runtime_overhead_runs(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["bare_ms"] > 0 and data["runtime_ms"] > 0 and len(data["round_medians_ms"]["runtime infer"]) == 2
     assert result["overhead_pct"] == pytest.approx(data["overhead_pct"])
+
+
+def test_calibration_memory_runs(demo_fp32_onnx, tmp_path, capsys):
+    """Two counts, one method, each calibration in its own process; the reference at the larger count."""
+    out = tmp_path / "mem.json"
+    result = script("calibration_memory").main(["--model", str(demo_fp32_onnx), "--counts", "2,4", "--methods", "mse",
+                                                "--batch", "2", "--reference-count", "4", "--json", str(out)])
+    assert "streaming calibration" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert [(r["method"], r["count"], r["images"]) for r in data["rows"]] == [("mse", 2, 2), ("mse", 4, 4)]
+    assert all(r["peak_rss_bytes"] >= r["peak_rss_bytes_self"] > 0 for r in data["rows"])
+    (ref,) = data["reference"]
+    assert ref["method"] == "mse" and ref["count"] == 4 and ref["max_rel_diff"] < 1e-3
+    assert result["summary"]["mse"]["peak_ratio_last_first"] > 0

@@ -23,11 +23,9 @@ def calibrate_command(
     calib_data: Optional[str] = typer.Option(None, "--calib-data", help="Image folder (recursive), .npy/.npz of "
                                              "preprocessed images, or 'synthetic'. Required."),
     out: Path = typer.Option(..., "--out", "-o", help="Output INT8 .onnx file."),
-    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Calibration images (default 512: "
-                                              "NVIDIA finds ~500 enough for ImageNet classifiers; on the demo "
-                                              "model ranges are within 1.5% of 2,048 images' by then). Fewer than "
-                                              "the method needs (max/entropy 256, percentile 64, mse 16) gives a "
-                                              "warning."),
+    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Calibration images (default 512, "
+                                              "the ~500 NVIDIA advises; README: Calibration at scale). Fewer than "
+                                              "a method needs (max/entropy 256, percentile 64, mse 16) warns."),
     calib_batch: Optional[int] = typer.Option(None, "--calib-batch", help="Images per calibration run (default 16; "
                                               "memory grows with it, the ranges do not change)."),
     method: str = typer.Option("max", "--method", help="max | percentile | entropy | mse."),
