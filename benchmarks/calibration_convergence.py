@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
-from _common import write_json  # noqa: E402
+from _common import fp32_onnx, write_json  # noqa: E402
 
 METHODS = ("max", "percentile", "entropy", "mse")
 
@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rich.table import Table
 
     from psvit.calibration.model import load_fp32_model
-    from psvit.export import export_onnx
     from psvit.export.onnx_io import name_nodes
 
     counts = [int(c) for c in args.counts.split(",")]
@@ -62,9 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="calib-conv.") as tmpdir:
         work = Path(tmpdir)
-        path = Path(args.model) if str(args.model).endswith(".onnx") else work / "fp32.onnx"
-        if not str(args.model).endswith(".onnx"):
-            export_onnx(args.model, path, count=2)
+        path = fp32_onnx(args.model, work)
         fp32 = load_fp32_model(path)
         proto = onnx.load(str(path))
         name_nodes(proto)

@@ -7,15 +7,17 @@
    peak at the smallest (the streaming calibration aims at <= 1.5x, and under 4 GB).
 2. The per-tensor ranges (scale = range / 127) at ``--reference-count`` images (default 512) against the
    all-at-once computation the project used before streaming: every image in memory, ONNX Runtime's
-   calibrators given all batches in one ``collect_data`` call (histograms of every batch kept, then merged).
-   That reference needs ~30 MB per image for psvit_2d_tiny at 224 (~17 GB at 512); it runs only when
-   ``/proc/meminfo`` says that much (plus a margin) is available, else at the largest count that fits, and
-   the JSON says which.
+   calibrators given all batches in one ``collect_data`` call (the activations of every batch kept, then
+   turned into histograms). That reference needs ~30 MB per image for psvit_2d_tiny at 224 (~17 GB at 512):
+   it runs first, and only when ``/proc/meminfo`` says that much plus a margin (19 GB at 512) is available
+   (``--wait-for-memory`` seconds at most), else at the largest count that fits; the JSON says which.
 
 Usage (the lead's re-run on a quiet machine)::
 
     .venv/bin/python benchmarks/calibration_memory.py --json benchmarks/results/calibration_memory.json
     .venv/bin/python benchmarks/calibration_memory.py --counts 128,512 --methods max,entropy --reference-count 0
+    .venv/bin/python benchmarks/calibration_memory.py --counts "" --methods percentile,entropy,mse \
+        --wait-for-memory 3600 --json benchmarks/results/calibration_reference_512.json   # the reference only
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
-from _common import write_json  # noqa: E402
+from _common import fp32_onnx, write_json  # noqa: E402
 
 METHODS = ("max", "percentile", "entropy", "mse")
 REFERENCE_MB_PER_IMAGE = 32.0  # psvit_2d_tiny at 224, measured: the reference keeps every activation
@@ -129,11 +131,26 @@ def run_child(argv: list[str], out_json: Path) -> tuple[dict[str, Any], int]:
     return json.loads(out_json.read_text()), int(usage.ru_maxrss) * 1024
 
 
+def reference_count(method: str, wanted: int, batch: int, wait_s: float) -> int | None:
+    """The largest count up to ``wanted`` whose all-at-once reference fits in the available memory (waiting up
+    to ``wait_s`` seconds for ``wanted`` to fit); ``max`` keeps no activations, so it always fits."""
+    need = lambda c: c * REFERENCE_MB_PER_IMAGE / 1024 + REFERENCE_MARGIN_GB  # noqa: E731
+    if method == "max":
+        return wanted
+    deadline = time.monotonic() + wait_s
+    while need(wanted) > available_gb() and time.monotonic() < deadline:
+        time.sleep(30)
+    # multiples of the batch: the pre-streaming code needs every batch to have the same size
+    candidates = [wanted, *(c for c in (384, 256, 128, 64) if c < wanted)]
+    return next((c for c in candidates if need(c) <= available_gb() and c % batch == 0), None)
+
+
 def compare(ours: dict[str, float], ref: dict[str, float]) -> dict[str, Any]:
     rel = np.array([abs(ours[k] / ref[k] - 1) if ref[k] else abs(ours[k]) for k in ref])
     worst = max(ref, key=lambda k: abs(ours[k] / ref[k] - 1) if ref[k] else abs(ours[k]))
-    return {"tensors": len(rel), "median_rel_diff": float(np.median(rel)), "p90_rel_diff": float(np.percentile(rel, 90)),
-            "max_rel_diff": float(rel.max()), "over_1pct": int((rel > 0.01).sum()), "worst_tensor": worst,
+    return {"tensors": len(rel), "median_rel_diff": float(np.median(rel)),
+            "p90_rel_diff": float(np.percentile(rel, 90)), "max_rel_diff": float(rel.max()),
+            "over_1pct": int((rel > 0.01).sum()), "worst_tensor": worst,
             "worst": {"ours": ours[worst], "reference": ref[worst]}}
 
 
@@ -144,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reference-count", type=int, default=512, help="0: no all-at-once reference")
+    ap.add_argument("--wait-for-memory", type=float, default=0.0,
+                    help="seconds to wait for the reference's memory to be available before using fewer images")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--child", choices=("calibrate", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--fp32", help=argparse.SUPPRESS)
@@ -157,76 +176,72 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.result.write_text(json.dumps(result))
         return result
 
-    counts = [int(c) for c in args.counts.split(",")]
+    counts = [int(c) for c in args.counts.split(",") if c]
     methods = [m for m in args.methods.split(",") if m]
     load_start = os.getloadavg()
     rows: list[dict[str, Any]] = []
     references: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="calib-mem.") as tmpdir:
         work = Path(tmpdir)
-        if str(args.model).endswith(".onnx"):
-            fp32 = Path(args.model)
-        else:
-            from psvit.export import export_onnx
-
-            fp32 = work / "fp32.onnx"
-            export_onnx(args.model, fp32, count=2)
+        fp32 = fp32_onnx(args.model, work)
         common = ["--fp32", str(fp32), "--work", str(work), "--batch", str(args.batch)]
-        ranges: dict[tuple[str, int], dict[str, float]] = {}
-        for count in counts:
-            for method in methods:  # counts outer, methods inner: load drifts hit every method alike
-                res, peak = run_child(["--child", "calibrate", "--method", method, "--count", str(count), *common],
-                                      work / "result.json")
-                ranges[(method, count)] = res.pop("ranges")
-                rows.append({"method": method, "count": count, "peak_rss_bytes": peak, **res})
-                print(f"{method:>10} {count:>5} images: peak {peak / 2**30:.2f} GB, "
-                      f"{res['seconds_per_image'] * 1e3:.1f} ms/image", flush=True)
 
+        def calibrate(method: str, count: int) -> tuple[dict[str, Any], int]:
+            return run_child(["--child", "calibrate", "--method", method, "--count", str(count), *common],
+                             work / "result.json")
+
+        # The all-at-once references first, while the machine has the memory (they need the most).
+        ref_ranges: dict[tuple[str, int], dict[str, float]] = {}
+        ref_facts: dict[tuple[str, int], dict[str, Any]] = {}
         if args.reference_count:
-            fits = [c for c in sorted({args.reference_count, *counts}, reverse=True) if c <= args.reference_count]
-            ref_methods = [m for m in methods if m != "mse" or "percentile" not in methods]  # mse rides on percentile
-            for method in ref_methods:
-                need = lambda c: c * REFERENCE_MB_PER_IMAGE / 1024 + REFERENCE_MARGIN_GB  # noqa: E731
-                heavy = method != "max"
-                count = next((c for c in fits if not heavy or need(c) <= available_gb()), None)
+            for method in [m for m in methods if m != "mse" or "percentile" not in methods]:  # mse rides on percentile
+                count = reference_count(method, args.reference_count, args.batch, args.wait_for_memory)
                 if count is None:
                     references.append({"method": method, "skipped": f"{available_gb():.1f} GB available"})
                     continue
-                if (method, count) not in ranges:  # our streaming result at the count the reference fits
-                    res, _peak = run_child(["--child", "calibrate", "--method", method, "--count", str(count),
-                                            *common], work / "result.json")
-                    ranges[(method, count)] = res["ranges"]
-                    if method == "percentile" and "mse" in methods:
-                        res, _peak = run_child(["--child", "calibrate", "--method", "mse", "--count", str(count),
-                                                *common], work / "result.json")
-                        ranges[("mse", count)] = res["ranges"]
                 avail = available_gb()
                 res, peak = run_child(["--child", "reference", "--method", method, "--count", str(count), *common],
                                       work / "result.json")
-                for m, ref in res["ranges"].items():
+                for m, ranges in res["ranges"].items():
                     if m in methods:
-                        references.append({"method": m, "count": count, "reference_peak_rss_bytes": peak,
-                                           "reference_s": res["seconds"], "available_gb_before": round(avail, 1),
-                                           **compare(ranges[(m, count)], ref)})
+                        ref_ranges[(m, count)] = ranges
+                        ref_facts[(m, count)] = {"reference_peak_rss_bytes": peak, "reference_s": res["seconds"],
+                                                 "available_gb_before": round(avail, 1)}
                 print(f"reference {method} at {count} images: peak {peak / 2**30:.2f} GB", flush=True)
+
+        ours: dict[tuple[str, int], dict[str, float]] = {}
+        for count in counts:
+            for method in methods:  # counts outer, methods inner: load drifts hit every method alike
+                res, peak = calibrate(method, count)
+                ours[(method, count)] = res.pop("ranges")
+                rows.append({"method": method, "count": count, "peak_rss_bytes": peak, **res})
+                print(f"{method:>10} {count:>5} images: peak {peak / 2**30:.2f} GB, "
+                      f"{res['seconds_per_image'] * 1e3:.1f} ms/image", flush=True)
+        for (method, count), ref in ref_ranges.items():
+            if (method, count) not in ours:  # the reference had to run at a count not in --counts
+                ours[(method, count)] = calibrate(method, count)[0]["ranges"]
+            references.append({"method": method, "count": count, **ref_facts[(method, count)],
+                               **compare(ours[(method, count)], ref)})
 
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    t = Table(title=f"streaming calibration of {args.model}: peak RSS (GB) and ms per image, batch {args.batch}")
-    t.add_column("method")
-    for c in counts:
-        t.add_column(f"{c} images", justify="right")
-    t.add_column(f"peak {counts[-1]} / {counts[0]}", justify="right")
+    console = Console(width=120)
     summary = {}
-    for method in methods:
-        by = {r["count"]: r for r in rows if r["method"] == method}
-        ratio = by[counts[-1]]["peak_rss_bytes"] / by[counts[0]]["peak_rss_bytes"]
-        summary[method] = {"peak_ratio_last_first": ratio, "max_peak_gb": max(r["peak_rss_bytes"] for r in by.values()) / 2**30}
-        t.add_row(method, *[f"{by[c]['peak_rss_bytes'] / 2**30:.2f} GB, {by[c]['seconds_per_image'] * 1e3:.0f} ms"
-                            for c in counts], f"{ratio:.2f}x")
-    console.print(t)
+    if rows:
+        t = Table(title=f"streaming calibration of {args.model}: peak RSS and ms per image, batch {args.batch}")
+        t.add_column("method")
+        for c in counts:
+            t.add_column(f"{c} images", justify="right")
+        t.add_column(f"peak {counts[-1]} / {counts[0]}", justify="right")
+        for method in methods:
+            by = {r["count"]: r for r in rows if r["method"] == method}
+            ratio = by[counts[-1]]["peak_rss_bytes"] / by[counts[0]]["peak_rss_bytes"]
+            summary[method] = {"peak_ratio_last_first": ratio,
+                               "max_peak_gb": max(r["peak_rss_bytes"] for r in by.values()) / 2**30}
+            t.add_row(method, *[f"{by[c]['peak_rss_bytes'] / 2**30:.2f} GB, {by[c]['seconds_per_image'] * 1e3:.0f} ms"
+                                for c in counts], f"{ratio:.2f}x")
+        console.print(t)
     if references:
         t = Table(title="per-tensor ranges (scales) vs the all-at-once ORT computation")
         for c in ("method", "images", "tensors", "median diff", "max diff", "> 1%", "reference peak"):
@@ -236,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 t.add_row(r["method"], "skipped", r["skipped"], "", "", "", "")
                 continue
             t.add_row(r["method"], str(r["count"]), str(r["tensors"]), f"{r['median_rel_diff']:.4%}",
-                      f"{r['max_rel_diff']:.4%}", str(r["over_1pct"]), f"{r['reference_peak_rss_bytes'] / 2**30:.1f} GB")
+                      f"{r['max_rel_diff']:.4%}", str(r["over_1pct"]),
+                      f"{r['reference_peak_rss_bytes'] / 2**30:.1f} GB")
         console.print(t)
     data = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": _cpu_model(), "cpus": os.cpu_count(),
             "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
