@@ -1,23 +1,23 @@
 """Streaming calibration: each batch is reduced to running statistics and dropped, so memory does not depend
 on the number of images, and the ranges do not depend on how the images are split into batches.
 
-- Pass 1, every method: ONNX Runtime's MinMax calibrator fed one batch per ``collect_data`` call (the
-  stride-by-stride use its maintainers advise, microsoft/onnxruntime#11020): exact per-tensor min and max.
-  That is all ``max`` needs.
-- Pass 2, ``percentile``/``entropy``/``mse``: histograms over the range pass 1 found, summed batch by batch —
-  |x| in [0, max|x|] (2048 bins) or x in [-max|x|, max|x|] (512 bins, entropy), the layouts of ORT's
-  Percentile and Entropy collectors. Thresholds come from ORT's ``HistogramCollector`` (percentile,
-  entropy) and from :func:`.methods.mse_threshold`.
+- ``max``: ONNX Runtime's MinMax calibrator fed one batch per ``collect_data`` call (the stride-by-stride use
+  its maintainers advise, microsoft/onnxruntime#11020); it merges the running min/max exactly.
+- ``percentile``/``entropy``/``mse``: two passes through ORT's histogram-calibrator graph (every calibrated
+  tensor an output). Pass 1 keeps each tensor's min, max and min |x|; pass 2 sums histograms over exactly the
+  range ORT's collectors take from all the data at once — |x| in [min |x|, max |x|] (2048 bins) or x in
+  [-max |x|, max |x|] (512 bins, entropy). Thresholds come from ORT's ``HistogramCollector`` (percentile,
+  entropy) and from :func:`.methods.mse_threshold` (mse). The result is that of ORT's all-at-once
+  computation, bin for bin, for any batching — without keeping the activations of every batch.
 
 Why not ORT's own histogram merging (``HistogramCollector.collect`` per batch): it fixes the bin width from
 the first batch and adds bins as the range grows, so the histogram — and the entropy threshold searched on
 it — depends on the batching: on the demo model, entropy thresholds moved by a median 3% (up to 40% for
 some tensors) against the all-at-once histogram, differently for batches of 1, 4, 16 and 64
-(benchmarks/README.md). With the range known before the histograms, the counts are exactly those of
-ORT's all-at-once histograms, whatever the batching.
+(benchmarks/README.md).
 
 A fixed-batch graph gets its batch: a short last batch is filled by repeating images, and only the rows
-of real images enter the histograms (repeats cannot change a min or max).
+of real images enter the statistics (repeats cannot change a min or max).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import contextlib
 import io
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .data import CalibrationSet
+from .errors import CalibrationError
 from .methods import ENTROPY_QUANTIZED_BINS, ORT_METHOD, PERCENTILE, HistogramSpec, histogram_spec, mse_threshold
 from .progress import PassMeter, ProgressCallback
 
@@ -88,19 +89,44 @@ def _real_rows(values: np.ndarray, real: int, fed: int) -> np.ndarray:
     return values[: values.shape[0] // fed * real]
 
 
+class Extremes:
+    """Running per-tensor min, max and min |x| (ORT's all-at-once histograms span exactly these)."""
+
+    def __init__(self) -> None:
+        self.bounds: dict[str, tuple[np.float32, np.float32, np.float32]] = {}
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        batch = (values.min(), values.max(), np.abs(values).min())
+        if not all(np.isfinite(v) for v in batch):
+            raise CalibrationError(f"tensor {name} holds NaN or infinite values on the calibration images; check "
+                                   f"the FP32 model and the images")
+        old = self.bounds.get(name)
+        self.bounds[name] = batch if old is None else (min(old[0], batch[0]), max(old[1], batch[1]),
+                                                       min(old[2], batch[2]))
+
+
 class FixedRangeHistograms:
     """Per-tensor histograms over ranges known in advance, summed batch by batch, in the tuple layout of ORT's
-    ``HistogramCollector.histogram_dict`` (its threshold searches read them as they are)."""
+    ``HistogramCollector.histogram_dict`` (its threshold searches read them as they are). The ranges are those
+    ORT's collectors take from all the data at once — |x| in [min |x|, max |x|] (``collect_absolute_value``)
+    or x in [-max |x|, max |x|] (``collect_value``) — so the counts are theirs, bin for bin."""
 
-    def __init__(self, minmax: dict[str, tuple[np.float32, np.float32]], spec: HistogramSpec) -> None:
-        self.spec, self.minmax = spec, minmax
+    def __init__(self, bounds: dict[str, tuple[np.float32, np.float32, np.float32]], spec: HistogramSpec) -> None:
+        self.spec, self.bounds = spec, bounds
         self.counts: dict[str, np.ndarray] = {}
         self.edges: dict[str, np.ndarray] = {}
 
-    def _range(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = self.minmax[name]
-        amax = np.array(max(abs(lo), abs(hi)), dtype=np.float32)  # as ORT's collect_value computes it
-        return (np.array(0, dtype=np.float32), amax) if self.spec.absolute else (-amax, amax)
+    def _threshold(self, name: str) -> np.ndarray:
+        lo, hi, _ = self.bounds[name]
+        return np.array(max(abs(lo), abs(hi)), dtype=np.float32)  # as ORT's collect_value computes it
+
+    def _range(self, name: str) -> tuple[Any, Any]:
+        if self.spec.absolute:
+            return self.bounds[name][2], self._threshold(name)[()]
+        threshold = self._threshold(name)
+        return -threshold, threshold
 
     def add(self, name: str, values: np.ndarray) -> None:
         flat = values.reshape(-1)
@@ -116,40 +142,40 @@ class FixedRangeHistograms:
         """``{tensor: (hist, edges, min, max[, threshold])}`` as ORT's collectors leave them."""
         out: dict[str, tuple[Any, ...]] = {}
         for name, hist in self.counts.items():
-            lo, hi = self.minmax[name]
+            lo, hi, _ = self.bounds[name]
             out[name] = (hist, self.edges[name], lo, hi)
             if not self.spec.absolute:
-                out[name] += (self._range(name)[1],)
+                out[name] += (self._threshold(name),)
         return out
 
 
 @dataclass
 class Statistics:
-    """What the passes keep of the images: per-tensor (min, max) as ORT's MinMax calibrator merged them, and the
-    fixed-range histograms of the histogram methods."""
+    """What the passes keep of the images: per-tensor (min, max) — ORT's MinMax calibrator's for ``max`` —
+    and the fixed-range histograms of the histogram methods."""
 
-    minmax: dict[str, tuple[np.ndarray, np.ndarray]]
+    minmax: dict[str, tuple[Any, Any]]
     histograms: FixedRangeHistograms | None
     images: int
 
 
 class StreamingCalibrator:
-    """ORT's augmented graphs and sessions for one FP32 model and method, built once; :meth:`collect` streams a
-    calibration set through them (as often as wanted), :meth:`ranges` turns the statistics into ranges."""
+    """ORT's augmented graph and session for one FP32 model and method, built once; :meth:`collect` streams a
+    calibration set through it (as often as wanted), :meth:`ranges` turns the statistics into ranges."""
 
     def __init__(self, model: Path, method: str, *, input_name: str, op_types: Sequence[str], workdir: Path) -> None:
         from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
         self.method, self.input_name, self.spec = method, input_name, histogram_spec(method)
+        if self.spec is None:  # ReduceMin/ReduceMax of every calibrated tensor inside the graph
+            kind, options = CalibrationMethod.MinMax, {"symmetric": True}
+        else:  # every calibrated tensor a graph output
+            kind = getattr(CalibrationMethod, ORT_METHOD[method])
+            options = {"symmetric": True, "num_bins": self.spec.bins, "percentile": PERCENTILE,
+                       "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
         with quiet_ort():
-            self._minmax = create_calibrator(model, list(op_types), augmented_model_path=str(workdir / "minmax.onnx"),
-                                             calibrate_method=CalibrationMethod.MinMax,
-                                             extra_options={"symmetric": False})
-            self._histogram = None if self.spec is None else create_calibrator(  # every calibrated tensor an output
-                model, list(op_types), augmented_model_path=str(workdir / "histogram.onnx"),
-                calibrate_method=getattr(CalibrationMethod, ORT_METHOD[method]),
-                extra_options={"symmetric": True, "num_bins": self.spec.bins, "percentile": PERCENTILE,
-                               "num_quantized_bins": ENTROPY_QUANTIZED_BINS})
+            self._calibrator = create_calibrator(model, list(op_types), augmented_model_path=str(workdir / "aug.onnx"),
+                                                 calibrate_method=kind, extra_options=options)
 
     @property
     def passes(self) -> int:
@@ -157,37 +183,44 @@ class StreamingCalibrator:
 
     def collect(self, data: CalibrationSet, *, batch: int, static_batch: int | None = None,
                 progress: ProgressCallback | None = None) -> Statistics:
-        """Pass 1: ORT's MinMax calibrator, one batch per ``collect_data`` call (it merges the range after each
-        call). Pass 2 (histogram methods): the calibrated tensors of every batch into fixed-range histograms."""
-        meter = PassMeter("ranges", 1, self.passes, len(data), progress)
-        self._minmax.clear_collected_data()
-        self._minmax.calibrate_tensors_range = None  # a fresh run of a reused calibrator
-        for feed, real in _feeds(data, self.input_name, batch, static_batch):
-            self._minmax.collect_data(_OneBatch(feed))
-            meter.advance(real)
-        with quiet_ort():
-            minmax = {name: td.range_value for name, td in self._minmax.compute_data().items()}
-        if self._histogram is None or self.spec is None:
-            return Statistics(minmax, None, meter.done)
-        meter = PassMeter("histograms", 2, self.passes, len(data), progress)
-        names = sorted(self._histogram.tensors_to_calibrate)
-        bounds = {n: (np.float32(minmax[n][0].reshape(-1)[0]), np.float32(minmax[n][1].reshape(-1)[0])) for n in names}
-        histograms = FixedRangeHistograms(bounds, self.spec)
-        fed = static_batch or batch
-        for feed, real in _feeds(data, self.input_name, batch, static_batch):
-            for name, values in zip(names, self._histogram.infer_session.run(names, feed)):
-                histograms.add(name, _real_rows(values, real, fed))
-            meter.advance(real)
+        """``max``: one pass, ORT's MinMax calibrator fed one batch per ``collect_data`` call (it merges the range
+        after each). Histogram methods: pass 1 finds each calibrated tensor's extremes, pass 2 fills the
+        histograms over them."""
+        if self.spec is None:
+            meter = PassMeter("ranges", 1, 1, len(data), progress)
+            self._calibrator.clear_collected_data()
+            self._calibrator.calibrate_tensors_range = None  # a fresh run of a reused calibrator
+            for feed, real in _feeds(data, self.input_name, batch, static_batch):
+                self._calibrator.collect_data(_OneBatch(feed))
+                meter.advance(real)
+            with quiet_ort():
+                ranges = self._calibrator.compute_data()
+            return Statistics({name: td.range_value for name, td in ranges.items()}, None, meter.done)
+        extremes = Extremes()
+        self._stream(data, batch, static_batch, PassMeter("ranges", 1, 2, len(data), progress), extremes.add)
+        histograms = FixedRangeHistograms(extremes.bounds, self.spec)
+        meter = PassMeter("histograms", 2, 2, len(data), progress)
+        self._stream(data, batch, static_batch, meter, histograms.add)
+        minmax = {name: (lo, hi) for name, (lo, hi, _) in extremes.bounds.items()}
         return Statistics(minmax, histograms, meter.done)
 
+    def _stream(self, data: CalibrationSet, batch: int, static_batch: int | None, meter: PassMeter,
+                sink: Callable[[str, np.ndarray], None]) -> None:
+        """Every calibrated tensor of every batch (rows of real images only) to ``sink``, then dropped."""
+        names = sorted(self._calibrator.tensors_to_calibrate)
+        fed = static_batch or batch
+        for feed, real in _feeds(data, self.input_name, batch, static_batch):
+            for name, values in zip(names, self._calibrator.infer_session.run(names, feed)):
+                sink(name, _real_rows(values, real, fed))
+            meter.advance(real)
+
     def ranges(self, stats: Statistics) -> Any:
-        """ORT ``TensorsData`` of symmetric per-tensor ranges: ±max|x| (max), ORT's percentile or entropy
-        threshold search, or :func:`.methods.mse_threshold`."""
+        """ORT ``TensorsData`` of symmetric per-tensor ranges: ±max |x| (max, from ORT's calibrator), ORT's
+        percentile or entropy threshold search, or :func:`.methods.mse_threshold`."""
         from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, TensorData, TensorsData
 
-        if self._histogram is None or stats.histograms is None or self.spec is None:
-            amax = {n: np.maximum(np.abs(lo), np.abs(hi)) for n, (lo, hi) in stats.minmax.items()}  # as ORT does
-            return TensorsData(CalibrationMethod.MinMax, {n: (-a, a) for n, a in amax.items()})
+        if stats.histograms is None or self.spec is None:
+            return TensorsData(CalibrationMethod.MinMax, dict(stats.minmax))
         layout = stats.histograms.ort_layout()
         if self.method == "mse":
             ranges = {}
@@ -195,12 +228,12 @@ class StreamingCalibrator:
                 t = np.float32(mse_threshold(hist, edges.astype(np.float64)))
                 ranges[name] = TensorData(lowest=np.array(-t, np.float32), highest=np.array(t, np.float32))
             return TensorsData(CalibrationMethod.Percentile, ranges)
-        self._histogram.collector = HistogramCollector(method=self.method, symmetric=True, num_bins=self.spec.bins,
-                                                       num_quantized_bins=ENTROPY_QUANTIZED_BINS,
-                                                       percentile=PERCENTILE, scenario="same")
-        self._histogram.collector.histogram_dict = layout
+        self._calibrator.collector = HistogramCollector(method=self.method, symmetric=True, num_bins=self.spec.bins,
+                                                        num_quantized_bins=ENTROPY_QUANTIZED_BINS,
+                                                        percentile=PERCENTILE, scenario="same")
+        self._calibrator.collector.histogram_dict = layout
         with quiet_ort():
-            return self._histogram.compute_data()
+            return self._calibrator.compute_data()
 
 
 def calibrate_ranges(

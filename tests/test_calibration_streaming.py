@@ -4,7 +4,8 @@ graphs), they equal ONNX Runtime's all-at-once computation, every method works f
 batch, and progress is reported per batch.
 
 Stated tolerance: none — min/max and histogram counts are identical for every batching (ORT computes each
-image's activations the same way in any batch here), so the ranges are too.
+image's activations the same way in any batch here), and identical to ORT's all-at-once ones, so the ranges
+are too.
 """
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def test_fixed_batch_graph_counts_real_images_only(static_and_dynamic, pool, cou
     data = _subset(pool, count)
     a, b = static.collect(data, batch=batch, static_batch=4), dynamic.collect(data, batch=batch)
     assert a.images == b.images == count
-    assert sorted((float(lo[0]), float(hi[0])) for lo, hi in a.minmax.values()) == \
-        sorted((float(lo[0]), float(hi[0])) for lo, hi in b.minmax.values())
+    assert sorted((float(lo), float(hi)) for lo, hi in a.minmax.values()) == \
+        sorted((float(lo), float(hi)) for lo, hi in b.minmax.values())
     assert sorted(tuple(h) for h in a.histograms.counts.values()) == \
         sorted(tuple(h) for h in b.histograms.counts.values())
 
@@ -155,8 +156,7 @@ def test_entropy_histograms_equal_ort_all_at_once(calibrators, model, pool, tmp_
 
 @pytest.mark.parametrize("method", ["max", "percentile", "mse"])
 def test_ranges_match_ort_all_at_once(method: str, model, pool, tmp_path: Path) -> None:
-    """max: identical. percentile/mse: ORT's |x| histogram starts at the smallest |x| seen, ours at 0, so
-    thresholds can move by a fraction of a bin (2048 bins): within 0.1%."""
+    """23 images in batches of 6 give the ranges ORT computes from all 23 at once, to the bit."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     from psvit.calibration.methods import mse_threshold
@@ -182,9 +182,7 @@ def test_ranges_match_ort_all_at_once(method: str, model, pool, tmp_path: Path) 
         ref = {k: mse_threshold(np.asarray(h), np.asarray(e, np.float64))
                for k, (h, e, *_r) in ref_cal.collector.histogram_dict.items()}
     got = {k: float(v.range_value[1]) for k, v in ours.items()}
-    assert got.keys() == ref.keys()
-    rel = {k: abs(got[k] / ref[k] - 1) for k in ref if ref[k]}
-    assert max(rel.values()) < 1e-3, max(rel.items(), key=lambda kv: kv[1])
+    assert got == ref
 
 
 # ---- every method, any count, any batch ----------------------------------------------------------------
