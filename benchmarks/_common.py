@@ -52,3 +52,15 @@ def write_json(path: Path | None, data: Any, say: Callable[[str], None] = print)
     with atomic_output(path, suffix=".json") as tmp:
         tmp.write_text(text)
     say(f"wrote {path}")
+
+
+def fp32_onnx(model: str | Path, folder: Path) -> Path:
+    """An FP32 ONNX file for ``model``: the file itself when it is one, else ``model`` (checkpoint, ``demo`` or
+    variant with random weights) exported into ``folder``."""
+    if str(model).endswith(".onnx"):
+        return Path(model)
+    from psvit.export import export_onnx
+
+    path = Path(folder) / "fp32.onnx"
+    export_onnx(str(model), path, count=2)
+    return path

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by file path (tests)
-from _common import stats_ms, write_json  # noqa: E402
+from _common import fp32_onnx, stats_ms, write_json  # noqa: E402
 
 METHODS = ("max", "percentile", "entropy", "mse")
 
@@ -80,16 +80,10 @@ def main() -> None:
     from psvit.calibration.evaluation import load_eval_set
     from psvit.calibration.model import load_fp32_model
     from psvit.calibration.report import accuracy_report
-    from psvit.export import export_onnx
-
     console = Console(width=120)
     with tempfile.TemporaryDirectory(prefix="int8-bench.") as tmpdir:
         tmp = Path(tmpdir)
-        if str(args.model).endswith(".onnx"):
-            fp32_path = Path(args.model)
-        else:
-            fp32_path = tmp / "fp32.onnx"
-            export_onnx(args.model, fp32_path, count=2)
+        fp32_path = fp32_onnx(args.model, tmp)
         fp32 = load_fp32_model(fp32_path)
         data = load_eval_set("synthetic", preprocess=fp32.preprocess, metadata=fp32.metadata, count=args.eval_count)
         methods = []

@@ -38,11 +38,11 @@ def default_cache_path(out: str | os.PathLike) -> Path:
 def read_cache(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CalibrationError(f"calibration cache {path} is unreadable ({exc}); delete it or pass "
-                               f"--force-recalibrate") from exc
-    if data.get("format") != FORMAT or "ranges" not in data:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"calibration cache {path} is unreadable ({type(exc).__name__}: {exc}); delete it, "
+                               f"choose another --cache, or pass --force-recalibrate to overwrite it") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("ranges"), dict):
         raise CalibrationError(f"{path} is not a psvit calibration cache ({FORMAT}); choose another --cache or "
                                f"pass --force-recalibrate to overwrite it")
     return data
@@ -63,15 +63,18 @@ def reusable_ranges(path: str | os.PathLike, key: CacheKey, force: bool) -> dict
             f"this model {key.model_sha256[:12]}…); pass --force-recalibrate to overwrite it or choose another "
             f"--cache"
         )
-    same = (data.get("data", {}).get("fingerprint") == key.data_fingerprint
-            and data.get("data", {}).get("images") == key.images
+    recorded = data.get("data") if isinstance(data.get("data"), dict) else {}
+    same = (recorded.get("fingerprint") == key.data_fingerprint and recorded.get("images") == key.images
             and data.get("method") == key.method and data.get("parameters") == key.parameters)
     return data["ranges"] if same else None
 
 
 def write_cache(path: str | os.PathLike, key: CacheKey, ranges: dict[str, Any], data_source: dict[str, Any],
-                seconds: float) -> Path:
-    """Write the cache atomically (sorted keys: identical ranges give identical bytes)."""
+                seconds: float, run: dict[str, Any] | None = None) -> Path:
+    """Write the cache atomically (sorted keys: identical ranges give identical bytes).
+
+    ``run``: how the calibration went (seconds per image, passes, batch, peak RSS), recorded under ``run``.
+    """
     payload = {
         "format": FORMAT,
         "model_sha256": key.model_sha256,
@@ -79,6 +82,7 @@ def write_cache(path: str | os.PathLike, key: CacheKey, ranges: dict[str, Any], 
         "method": key.method,
         "parameters": key.parameters,
         "calibration_seconds": round(seconds, 3),
+        "run": run or {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": package_versions("onnxruntime", "onnx"),
         "ranges": ranges,

@@ -1,17 +1,17 @@
-"""Calibration methods: our names -> ONNX Runtime calibrators, and an MSE range search.
+"""Calibration methods: our names -> ONNX Runtime calibrators and their settings, an MSE range search, and how
+many images each method needs.
 
 ONNX Runtime offers MinMax, Percentile, Entropy and Distribution (the last fits FP8, not INT8).
 ``quantize_static`` does not pass a bin count to its calibrators, and its Entropy default (128 bins, 128
-quantized bins) leaves one candidate threshold — the max — so ``entropy`` runs ORT's Entropy calibrator
-directly with 512 bins. ORT has no MSE calibrator, so ``mse`` collects ORT's histograms of |x| (its
-Percentile collector) and picks, per tensor, the clipping threshold minimising the expected squared error
-of symmetric INT8 (rounding noise step²/12 inside the range, (|x| - t)² beyond it). Only that search is
-ours; histograms and thresholds of the other methods come from ORT.
+quantized bins) leaves one candidate threshold — the max — so ``entropy`` uses ORT's Entropy threshold search
+on 512 bins. ORT has no MSE calibrator, so ``mse`` takes the |x| histograms of ORT's Percentile method and
+picks, per tensor, the clipping threshold minimising the expected squared error of symmetric INT8 (rounding
+noise step²/12 inside the range, (|x| - t)² beyond it). How the histograms are collected batch by batch is
+:mod:`psvit.calibration.collect`'s business.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,21 @@ ORT_METHOD = {"max": "MinMax", "percentile": "Percentile", "entropy": "Entropy",
 PERCENTILE = 99.999
 NUM_BINS = 2048
 ENTROPY_BINS = 512  # ORT's threshold search is quadratic in the bins: 2048 takes ~45 s here, 512 ~3 s
+ENTROPY_QUANTIZED_BINS = 128
+# Fewer images than this draws a warning: the smallest count at which, on the demo model, the median tensor's
+# range is within 5% of its 2,048-image value and the 90th percentile within 20%
+# (benchmarks/calibration_convergence.py). The max keeps growing with the sample, and entropy's threshold
+# follows the histogram's tail; the 99.999th percentile and the MSE optimum settle sooner.
+MIN_IMAGES = {"max": 256, "percentile": 64, "entropy": 256, "mse": 16}
+
+
+@dataclass(frozen=True)
+class HistogramSpec:
+    """The histogram a method's threshold search reads: ``bins`` over |x| in [0, max|x|] (``absolute``) or
+    over x in [-max|x|, max|x|] — the layouts of ORT's Percentile (symmetric) and Entropy collectors."""
+
+    bins: int
+    absolute: bool
 
 
 def check_method(method: str) -> str:
@@ -31,13 +46,22 @@ def check_method(method: str) -> str:
     return method
 
 
+def histogram_spec(method: str) -> HistogramSpec | None:
+    """None for ``max`` (a running min/max is all it needs)."""
+    if method == "entropy":
+        return HistogramSpec(ENTROPY_BINS, absolute=False)
+    if method in ("percentile", "mse"):
+        return HistogramSpec(NUM_BINS, absolute=True)
+    return None
+
+
 def parameters(method: str) -> dict[str, Any]:
     """The calibrator parameters recorded in the cache (part of its key)."""
     params: dict[str, Any] = {"symmetric": True, "per_channel_weights": True}
     if method == "percentile":
         params |= {"percentile": PERCENTILE, "num_bins": NUM_BINS}
     elif method == "entropy":
-        params |= {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128}
+        params |= {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
     elif method == "mse":
         params |= {"num_bins": NUM_BINS, "search": "expected INT8 MSE over |x| histogram"}
     return params
@@ -49,6 +73,18 @@ def ort_extra_options(method: str) -> dict[str, Any]:
     if method in ("percentile", "mse"):
         opts |= {"CalibPercentile": PERCENTILE}  # ORT's default of 2048 histogram bins
     return opts
+
+
+def count_warning(method: str, images: int) -> str | None:
+    """A warning when ``images`` are fewer than ``method`` needs (None when enough)."""
+    need = MIN_IMAGES[method]
+    if images >= need:
+        return None
+    from .data import DEFAULT_COUNT
+
+    return (f"{images} calibration image{'s' if images != 1 else ''} {'is' if images == 1 else 'are'} fewer than "
+            f"the {need} that {method} calibration needs for stable ranges; give at least {need} images "
+            f"(--calib-count, default {DEFAULT_COUNT})")
 
 
 def mse_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 127) -> float:
@@ -65,35 +101,3 @@ def mse_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 127) -> flo
         if err < best_err:
             best_t, best_err = float(t), err
     return best_t
-
-
-def entropy_ranges(model_path: Path, reader: Any, op_types: Sequence[str], workdir: Path) -> Any:
-    """ORT ``TensorsData`` from ORT's Entropy calibrator with 2048 bins (symmetric)."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
-    calibrator = create_calibrator(
-        model_path, list(op_types), augmented_model_path=str(workdir / "augmented_entropy.onnx"),
-        calibrate_method=CalibrationMethod.Entropy,
-        extra_options={"symmetric": True, "num_bins": ENTROPY_BINS, "num_quantized_bins": 128},
-    )
-    calibrator.collect_data(reader)
-    return calibrator.compute_data()
-
-
-def mse_ranges(model_path: Path, reader: Any, op_types: Sequence[str], workdir: Path) -> Any:
-    """ORT ``TensorsData`` with MSE-optimal symmetric ranges (histograms collected by ORT)."""
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod, TensorData, TensorsData, create_calibrator,
-    )
-
-    calibrator = create_calibrator(
-        model_path, list(op_types), augmented_model_path=str(workdir / "augmented_mse.onnx"),
-        calibrate_method=CalibrationMethod.Percentile,
-        extra_options={"symmetric": True, "num_bins": NUM_BINS, "percentile": PERCENTILE},
-    )
-    calibrator.collect_data(reader)
-    ranges = {}
-    for name, (hist, edges, *_rest) in calibrator.collector.histogram_dict.items():
-        t = np.float32(mse_threshold(np.asarray(hist), np.asarray(edges, np.float64)))
-        ranges[name] = TensorData(lowest=np.array(-t, np.float32), highest=np.array(t, np.float32))
-    return TensorsData(CalibrationMethod.Percentile, ranges)

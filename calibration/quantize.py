@@ -1,35 +1,33 @@
 """``quantize_onnx``: FP32 PSViT ONNX -> explicit Q/DQ INT8 ONNX (ORT ``quantize_static``, QDQ format).
 
-Order: calibrate (or reuse the cache) on the FP32 graph -> insert Q/DQ with ORT on the recipe's nodes ->
+Order: calibrate (or reuse the cache) on the FP32 graph, streaming the images batch by batch
+(:mod:`psvit.calibration.collect`) -> insert Q/DQ with ORT on the recipe's nodes, from those ranges ->
 convert the non-quantized part to FP16 with :func:`psvit.export.convert_fp16` (LayerNorm, Q/DQ, MatMul and
 Conv stay FP32-typed so every DQ feeds its GEMM directly, the pattern TensorRT fuses) -> metadata -> atomic
 write. Graph inputs/outputs stay FP32.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..errors import require
 from ..outputs import Output, OutputKind, check_outputs
 from ..provenance import atomic_output, sha256_file
 from .cache import CacheKey, default_cache_path, reusable_ranges, write_cache
-from .data import DEFAULT_BATCH, CalibrationSet, CalibSpec, load_calibration_set, require_data
+from .collect import calibrate_ranges, quiet_ort
+from .data import DEFAULT_BATCH, CalibSpec, load_calibration_set, require_data
 from .errors import CalibrationError
-from .methods import ORT_METHOD, check_method, entropy_ranges, mse_ranges, ort_extra_options, parameters
-from .model import load_fp32_model
+from .methods import ORT_METHOD, check_method, count_warning, ort_extra_options, parameters
+from .model import Fp32Model, load_fp32_model
 from ..export.onnx_io import name_nodes
+from .progress import ProgressCallback, peak_rss_bytes
 from .recipe import OP_TYPES, Recipe, plan_recipe
 
 FP16_KEEP_OPS = ("LayerNormalization", "QuantizeLinear", "DequantizeLinear")
@@ -54,6 +52,9 @@ class QuantizeResult:
     fp32_path: Path
     precision_rest: str  # "fp16" | "fp32"
     calibration_data: dict[str, Any] = field(default_factory=dict)
+    seconds_per_image: float = 0.0  # calibration seconds per image (0 when the cache was reused)
+    peak_rss_bytes: int = 0  # peak resident memory of this process when quantize_onnx returned
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,51 +63,12 @@ class QuantizeResult:
         return d
 
 
-@contextlib.contextmanager
-def _quiet_ort() -> Iterator[None]:
-    """Silence ORT quantization's root-logger advice (pre-processing hints) and calibrator prints."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-class ArrayReader:
-    """ORT ``CalibrationDataReader`` over preprocessed images in batches (a fixed-batch graph gets its batch)."""
-
-    def __init__(self, images: np.ndarray, input_name: str, batch: int, static_batch: int | None) -> None:
-        self.images, self.input_name = images, input_name
-        self.batch = static_batch or batch
-        self.static = static_batch is not None
-        self._it: Iterator[dict[str, np.ndarray]] = self._batches()
-
-    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(self.images), self.batch):
-            part = self.images[start:start + self.batch]  # (B, C, H, W)
-            if self.static and len(part) < self.batch:  # repeat images to fill a fixed batch
-                part = np.resize(part, (self.batch, *part.shape[1:]))
-            yield {self.input_name: np.ascontiguousarray(part, np.float32)}
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = self._batches()
-
-    def __len__(self) -> int:
-        return -(-len(self.images) // self.batch)
-
-
 def qdq_count(model: Any) -> int:
     return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
 def ort_quantize(
-    model_in: Path, q_path: Path, reader: ArrayReader | None, nodes: list[str], method: str, ort_cache: Path
+    model_in: Path, q_path: Path, reader: Any, nodes: list[str], method: str, ort_cache: Path
 ) -> None:
     """ORT ``quantize_static`` in QDQ format with the PSViT settings; ranges come from ``ort_cache`` when it
     exists (no calibration pass), otherwise ORT calibrates with ``reader`` and writes them there."""
@@ -118,7 +80,7 @@ def ort_quantize(
         **ort_extra_options(method),
     }
     try:
-        with _quiet_ort():
+        with quiet_ort():
             qz.quantize_static(
                 str(model_in), str(q_path), reader, quant_format=qz.QuantFormat.QDQ,
                 op_types_to_quantize=list(OP_TYPES), per_channel=True,
@@ -128,6 +90,9 @@ def ort_quantize(
             )
     except ValueError as exc:
         raise CalibrationError(f"ONNX Runtime quantization failed: {exc}") from exc
+
+
+_FP32_ONLY_METADATA = ("verification", "checks")  # facts about the FP32 graph that the INT8 graph does not share
 
 
 def _metadata(fp32_sha256: str, result: dict[str, Any]) -> dict[str, str]:
@@ -141,6 +106,18 @@ def _metadata(fp32_sha256: str, result: dict[str, Any]) -> dict[str, str]:
         PREFIX + "quantizer": "onnxruntime.quantization.quantize_static (QDQ) + psvit.calibration recipe",
         PREFIX + "versions": json.dumps(package_versions("onnxruntime", "onnx", "onnxconverter-common")),
     }
+
+
+def _drop_fp32_only_metadata(model: Any) -> None:
+    """ORT copies the FP32 file's metadata; its verification and graph-check results are not the INT8 graph's."""
+    from ..export.metadata import PREFIX
+
+    kept = [(p.key, p.value) for p in model.metadata_props
+            if p.key not in {PREFIX + k for k in _FP32_ONLY_METADATA}]
+    del model.metadata_props[:]
+    for key, value in kept:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def quantize_onnx(
@@ -157,20 +134,28 @@ def quantize_onnx(
     quantize_qk: bool = False,
     keep_fp32: bool = False,
     log: Callable[[str], None] | None = None,
+    progress: ProgressCallback | None = None,
+    on_fp32: Callable[[Fp32Model], None] | None = None,
 ) -> QuantizeResult:
     """Quantize a PSViT FP32 ONNX to Q/DQ INT8 (a checkpoint is refused: :mod:`psvit.pipeline` exports it first).
 
     Args:
         calib_data: image folder, ``.npy``/``.npz``, ``"synthetic"`` or a preprocessed float32 (N, C, H, W)
-            array. None is refused.
-        calib_count: at most this many calibration images (None: 256); calib_batch: images per
-            calibration run (None: 16; a fixed-batch graph uses its batch).
+            array. None is refused. Images are read batch by batch, never all at once.
+        calib_count: at most this many calibration images (None: 512); fewer than the method needs
+            (:data:`psvit.calibration.methods.MIN_IMAGES`) gives a warning. calib_batch: images per
+            calibration run (None: 16; a fixed-batch graph uses its batch); the ranges do not depend on it.
         calib_method: ``max`` | ``percentile`` | ``entropy`` | ``mse``.
         calib_cache: calibration cache (None: ``out_path + ".calib.json"``); reused when model, data and
             method match; another model's cache is refused unless ``force_recalibrate``.
         exclude: regexes on node names kept out of INT8, on top of the recipe.
         quantize_qk: also quantize Q·Kᵀ inputs.
         keep_fp32: leave the non-quantized part FP32 (default FP16).
+        log: called with one line per stage; warnings (also in the result) start with ``"warning: "``.
+        progress: called after every calibration batch (:class:`psvit.calibration.progress.CalibrationProgress`:
+            images done, images/s, seconds left in the pass).
+        on_fp32: called with the checked FP32 model before any calibration work (the CLI checks
+            ``--eval-data`` against the model there, so that its problems surface before anything is written).
     """
     import onnx
 
@@ -186,57 +171,68 @@ def quantize_onnx(
     check_outputs([Output(out, OutputKind.ONNX), Output(cache, OutputKind.JSON, "--calib-cache")],
                   inputs=[onnx_path, calib_data])  # before calibrating
     require_data(calib_data)  # before any export: no data, no calibration
+    warnings: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="psvit-calib.") as tmpdir:
         tmp = Path(tmpdir)
         fp32 = load_fp32_model(onnx_path)
-        data: CalibrationSet = load_calibration_set(calib_data, preprocess=fp32.preprocess,
-                                                    input_shape=fp32.input_shape, count=calib_count)
+        data = load_calibration_set(calib_data, preprocess=fp32.preprocess, input_shape=fp32.input_shape,
+                                    count=calib_count)
+        if on_fp32 is not None:
+            on_fp32(fp32)
         if data.skipped:
             say(f"skipped {len(data.skipped)} unreadable image files (first: {data.skipped[0]})")
         say(f"{len(data)} calibration images ({data.source.get('kind')})")
+        too_few = count_warning(method, len(data))
+        if too_few:
+            warnings.append(too_few)
+            say(f"warning: {too_few}")
 
         proto = onnx.load(str(fp32.path))
         name_nodes(proto)
         recipe = plan_recipe(proto, quantize_qk=quantize_qk, exclude=tuple(exclude))
         model_in = tmp / "named.onnx"
         onnx.save(proto, str(model_in))
+        del proto
 
         fp32_sha = sha256_file(fp32.path)
         key = CacheKey(fp32_sha, data.fingerprint, len(data), method, parameters(method))
         ranges = reusable_ranges(cache, key, force_recalibrate)
         reused = ranges is not None
         ort_cache = tmp / "ort_ranges.json"
-        reader = ArrayReader(data.images, fp32.input_name, calib_batch or DEFAULT_BATCH, fp32.static_batch)
-        t_cal = time.perf_counter()
+        calib_seconds = 0.0
         if reused:
             say(f"reusing calibration cache {cache}")
             ort_cache.write_text(json.dumps(ranges))
-        elif method in ("mse", "entropy"):
-            say(f"calibrating ({'histograms, MSE range search' if method == 'mse' else 'Entropy, 512 bins'})")
+        else:
             from onnxruntime.quantization.calibrate import save_tensors_data
 
-            compute = mse_ranges if method == "mse" else entropy_ranges
-            with _quiet_ort():
-                save_tensors_data(compute(model_in, reader, OP_TYPES, tmp), ort_cache)
-            reader.rewind()
-        else:
-            say(f"calibrating ({ORT_METHOD[method]})")
+            batch = fp32.static_batch or calib_batch or DEFAULT_BATCH
+            say(f"calibrating ({method}: {'1 pass' if method == 'max' else '2 passes'} over {len(data)} images, "
+                f"batches of {batch})")
+            calibration = calibrate_ranges(model_in, data, method=method, input_name=fp32.input_name,
+                                           batch=calib_batch or DEFAULT_BATCH, static_batch=fp32.static_batch,
+                                           op_types=OP_TYPES, workdir=tmp, progress=progress)
+            calib_seconds = calibration.seconds
+            save_tensors_data(calibration.ranges, ort_cache)
         q_path = tmp / "int8.onnx"
-        ort_quantize(model_in, q_path, reader, recipe.quantize, method, ort_cache)
-        calib_seconds = 0.0 if reused else time.perf_counter() - t_cal
+        ort_quantize(model_in, q_path, None, recipe.quantize, method, ort_cache)
         ranges_payload = json.loads(ort_cache.read_text())
+        per_image = calib_seconds / len(data) if not reused else 0.0
         if not reused:
-            write_cache(cache, key, ranges_payload, data.source, calib_seconds)
+            write_cache(cache, key, ranges_payload, data.source, calib_seconds,
+                        run={"seconds_per_image": round(per_image, 6), "passes": calibration.passes,
+                             "batch": batch, "peak_rss_bytes": peak_rss_bytes()})
             say(f"wrote calibration cache {cache}")
 
         qmodel = onnx.load(str(q_path))
+        _drop_fp32_only_metadata(qmodel)
         rest = "fp32"
         if not keep_fp32:
             from ..export import convert_fp16
 
             say("converting the non-quantized part to FP16")
-            qmodel, _report = convert_fp16(qmodel, data.images[:FP16_SAMPLES], keep_fp32_ops=FP16_KEEP_OPS)
+            qmodel, _report = convert_fp16(qmodel, data.take(FP16_SAMPLES), keep_fp32_ops=FP16_KEEP_OPS)
             rest = "fp16"
         cache_sha = sha256_file(cache)
         count = qdq_count(qmodel)
@@ -258,4 +254,5 @@ def quantize_onnx(
         path=out, cache_path=cache, cache_sha256=cache_sha, cache_reused=reused, method=method, qdq_nodes=count,
         seconds=time.perf_counter() - t_start, calibration_seconds=calib_seconds, images=len(data),
         skipped=data.skipped, recipe=recipe, fp32_path=fp32_path, precision_rest=rest, calibration_data=data.source,
+        seconds_per_image=per_image, peak_rss_bytes=peak_rss_bytes(), warnings=warnings,
     )

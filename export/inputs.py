@@ -19,8 +19,12 @@ def random_images(count: int, input_shape: tuple[int, ...], seed: int = 0) -> np
     return rng.standard_normal((count, *input_shape), dtype=np.float32)
 
 
-def load_array(path: str | os.PathLike) -> np.ndarray:
-    """A float array (N, C, H, W) from ``.npy`` or ``.npz`` (key ``images``, else its only array)."""
+def load_array(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
+    """A float array (N, C, H, W) from ``.npy`` or ``.npz`` (key ``images``, else its only array).
+
+    ``mmap``: memory-map a ``.npy`` instead of reading it and keep its float dtype (the caller converts what
+    it reads to float32); a ``.npz`` is always read whole.
+    """
     path = Path(path)
     try:
         if path.suffix == ".npz":
@@ -33,7 +37,7 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
                 else:
                     raise DataError(f"{path} holds {keys}; name the input array 'images'")
         else:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path} is not a readable numpy file ({exc})") from exc
     if arr.ndim == 3:
@@ -42,7 +46,7 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
         raise DataError(
             f"{path} must hold float images (N, C, H, W), already preprocessed; got {arr.dtype} {arr.shape}"
         )
-    return arr.astype(np.float32)
+    return arr if mmap else arr.astype(np.float32)
 
 
 def load_folder_images(root: str | os.PathLike, count: int, preprocess: dict[str, Any]) -> np.ndarray:

@@ -19,7 +19,8 @@ def script(name: str):
 
 
 @pytest.mark.parametrize(
-    "name", ["runtime_overhead", "gpu_latency", "triton_serving", "predict_throughput", "search_micro"])
+    "name", ["runtime_overhead", "gpu_latency", "triton_serving", "predict_throughput", "search_micro",
+             "calibration_memory", "calibration_convergence"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         script(name).main(["--help"])
@@ -86,3 +87,17 @@ def test_search_benchmark_kendall_tau():
     assert tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # 2 concordant, 1 discordant pair
     assert tau([1, 2, 3, 4], [1, 1, 2, 3]) == pytest.approx(5 / 30**0.5)  # tau-b with a tie
+
+
+def test_calibration_memory_runs(demo_fp32_onnx, tmp_path, capsys):
+    """Two counts, one method, each calibration in its own process; the reference at the larger count."""
+    out = tmp_path / "mem.json"
+    result = script("calibration_memory").main(["--model", str(demo_fp32_onnx), "--counts", "2,4", "--methods", "mse",
+                                                "--batch", "2", "--reference-count", "4", "--json", str(out)])
+    assert "streaming calibration" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert [(r["method"], r["count"], r["images"]) for r in data["rows"]] == [("mse", 2, 2), ("mse", 4, 4)]
+    assert all(r["peak_rss_bytes"] >= r["peak_rss_bytes_self"] > 0 for r in data["rows"])
+    (ref,) = data["reference"]
+    assert ref["method"] == "mse" and ref["count"] == 4 and ref["max_rel_diff"] < 1e-3
+    assert result["summary"]["mse"]["peak_ratio_last_first"] > 0

@@ -2,7 +2,9 @@
 an FP32-vs-INT8 accuracy report and optional per-layer sensitivity."""
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,7 +12,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import console, note
+from .console import console, err_console, note, warn
 from .options import (
     CalibBatchOpt, CalibCacheOpt, CalibCountOpt, CalibDataOpt, CalibMethod, CalibMethodOpt, JsonOpt, VariantOpt,
     deprecated_alias,
@@ -61,7 +63,7 @@ def calibrate_command(
     exclude = exclude or []
     if eval_count is not None and eval_count < 1:
         raise DataError(f"--eval-count must be at least 1, got {eval_count}")
-    say = note
+    say = _log
     fp32_path = model
     kind = detect_artifact(model).kind
     if kind is ArtifactKind.ENGINE:
@@ -78,11 +80,22 @@ def calibrate_command(
 
         require_data(calib_data)  # before minutes of export
         fp32_path = str(export_step(model, fp32_out, "fp32", variant=variant, log=say).path)
-    result = quantize_onnx(
-        fp32_path, out, calib_data=calib_data, calib_count=calib_count, calib_batch=calib_batch,
-        calib_method=calib_method.value, calib_cache=calib_cache, force_recalibrate=force_recalibrate,
-        exclude=tuple(exclude), quantize_qk=quantize_qk, keep_fp32=keep_fp32, log=say,
-    )
+    held_out: dict[str, Any] = {}
+
+    def check_eval_data(fp32: Any) -> None:  # --eval-data problems surface before any calibration work
+        if eval_data is not None:
+            from ..calibration.evaluation import load_eval_set
+
+            held_out["data"] = load_eval_set(eval_data, preprocess=fp32.preprocess, metadata=fp32.metadata,
+                                             count=eval_count)
+
+    with _progress_bar() as progress:
+        result = quantize_onnx(
+            fp32_path, out, calib_data=calib_data, calib_count=calib_count, calib_batch=calib_batch,
+            calib_method=calib_method.value, calib_cache=calib_cache, force_recalibrate=force_recalibrate,
+            exclude=tuple(exclude), quantize_qk=quantize_qk, keep_fp32=keep_fp32, log=say, progress=progress,
+            on_fp32=check_eval_data,
+        )
     table = Table(title=f"INT8 {result.path}", show_header=False)
     counts = ", ".join(f"{k} {v}" for k, v in result.recipe.summary()["quantized"].items())
     table.add_row("quantized", f"{counts} ({result.qdq_nodes} Q/DQ nodes); rest {result.precision_rest}")
@@ -92,23 +105,23 @@ def calibrate_command(
                                  f"{f', {len(result.skipped)} unreadable skipped' if result.skipped else ''}")
     table.add_row("cache", f"{result.cache_path} ({'reused' if result.cache_reused else 'written'}, "
                            f"sha256 {result.cache_sha256[:12]}…)")
-    table.add_row("time", f"{result.seconds:.1f}s (calibration {result.calibration_seconds:.1f}s)")
+    per_image = f", {result.seconds_per_image * 1e3:.0f} ms/image" if not result.cache_reused else ""
+    table.add_row("time", f"{result.seconds:.1f}s (calibration {result.calibration_seconds:.1f}s{per_image}); "
+                          f"peak memory {result.peak_rss_bytes / 2**30:.2f} GB")
     console.print(table)
     report: dict[str, Any] = {"quantize": result.to_dict()}
 
     fp32 = load_fp32_model(result.fp32_path) if eval_data is not None or sensitivity else None
     if fp32 is not None and eval_data is not None:
-        from ..calibration.evaluation import load_eval_set
         from ..calibration.report import accuracy_report, report_table
 
-        data = load_eval_set(eval_data, preprocess=fp32.preprocess, metadata=fp32.metadata, count=eval_count)
-        report["accuracy"] = accuracy_report(fp32.path, result.path, data)
+        report["accuracy"] = accuracy_report(fp32.path, result.path, held_out["data"])
         console.print(report_table(report["accuracy"]))
     if fp32 is not None and sensitivity:
         from ..calibration.sensitivity import layer_sensitivity, sensitivity_table
 
         images = load_calibration_set(calib_data, preprocess=fp32.preprocess, input_shape=fp32.input_shape,
-                                      count=min(result.images, 128)).images
+                                      count=min(result.images, 128)).take(128)
         sens = layer_sensitivity(fp32.path, result.cache_path, images, quantize_qk=quantize_qk,
                                  exclude=tuple(exclude))
         report["sensitivity"] = sens.to_dict()
@@ -119,3 +132,30 @@ def calibrate_command(
     if json_out is not None:
         with atomic_output(json_out, suffix=".json") as tmp:
             tmp.write_text(json.dumps(report, indent=2, default=str))
+
+
+def _log(msg: str) -> None:
+    """quantize_onnx's stage lines, dimmed, and its warnings in yellow, on stderr."""
+    if msg.startswith("warning: "):
+        warn(msg.removeprefix("warning: "))
+    else:
+        note(msg)
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[Any], None]]:
+    """A progress callback for quantize_onnx: one bar per calibration pass on stderr, with images/s and ETA."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[speed]}"), console=err_console, transient=True) as bar:
+        tasks: dict[int, Any] = {}
+
+        def update(p: Any) -> None:  # a psvit.calibration.CalibrationProgress
+            if p.step not in tasks:
+                tasks[p.step] = bar.add_task(f"calibration pass {p.step}/{p.steps} ({p.stage})", total=p.total,
+                                             speed="")
+            bar.update(tasks[p.step], completed=p.done,
+                       speed=f"{p.images_per_s:.1f} images/s, ETA {p.eta_s:.0f}s")
+
+        yield update
