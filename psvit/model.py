@@ -123,7 +123,7 @@ class Attention(nn.Module):
             raise RuntimeError("class_only attention cannot hand its map on: its queries are the class token's")
         # One GEMM for Q, K and V: INT8 Q/DQ then quantizes its input once for one integer GEMM (ONNX Runtime
         # does not fuse Q/DQ into integer GEMMs that share a quantized input).
-        q, k, v = self.qkv(x).split([self.dim] * 3, dim=-1)  # each (N, B, D); sizes: a Split valid at every opset
+        q, k, v = self.qkv(x).split([self.dim] * 3, dim=-1)  # each (N, B, D); sizes: valid below opset 18
         q = split_heads(q[:1] if class_only else q, self.heads) * self.scale  # (B, H, Nq, hd)
         k, v = split_heads(k, self.heads), split_heads(v, self.heads)  # each (B, H, N, hd)
         attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, Nq, N)
