@@ -8,6 +8,13 @@ layers live in ``pools``.
 Every shape is computed from the config when the model is built: reshapes use ``-1`` for the batch and the
 config's token counts, and with ``exportable=True`` nothing in ``forward`` reads the batch size, which keeps
 exported graphs free of run-time shape arithmetic.
+
+Exportable models (``exportable=True``) compute the same function in the layout backends run fastest:
+tokens are token-major, (N, B, D), from the patch embedding to the head, so the per-head (B, H, N, hd) views
+of Q, K and V are permutations that backends fold into their batched products (ONNX Runtime:
+``FusedMatMul`` with transposed batch dimensions) instead of copying, and the class token is ``x[:1]``.
+``forward`` of an exportable model computes the last block for the class token only (the head reads
+nothing else): the same logits without the last block's work on patch tokens (its keys and values excepted).
 """
 from __future__ import annotations
 
@@ -40,9 +47,10 @@ class PatchEmbed(nn.Module):
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, D, h, w)
-        return x.reshape(-1, self.dim, self.num_patches).transpose(1, 2)  # (B, h*w, D)
+    def forward(self, x: torch.Tensor, token_major: bool = False) -> torch.Tensor:
+        """Images (B, C, H, W) -> patch tokens (B, h*w, D), or (h*w, B, D) with ``token_major``."""
+        x = self.proj(x).reshape(-1, self.dim, self.num_patches)  # (B, D, h*w)
+        return x.permute(2, 0, 1) if token_major else x.transpose(1, 2)  # (h*w, B, D) or (B, h*w, D)
 
 
 class Mlp(nn.Module):
@@ -56,14 +64,24 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """Token-major (T, B, H·hd) -> per-head view (B, H, T, hd): a permutation that backends fold into their
+    batched products (ONNX Runtime: ``FusedMatMul`` with transposed batch dimensions)."""
+    return t.reshape(t.shape[0], -1, heads, t.shape[-1] // heads).permute(1, 2, 0, 3)  # (B, H, T, hd)
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """Per-head (B, H, T, hd) -> token-major (T, B, H·hd)."""
+    return t.permute(2, 0, 1, 3).reshape(t.shape[2], -1, t.shape[1] * t.shape[3])  # (T, B, H·hd)
+
+
 class Attention(nn.Module):
     """Self-attention that computes its own map, and hands it on when the next block shares it.
 
     ``provides`` is set by :meth:`PSViT.set_shared_attention`: None (nobody shares this map), ``"map"``
     (return the probabilities A) or ``"qk"`` (return the scaled Q and K so the sharer recomputes A).
-    ``tokens_first`` (exportable models): project from the token-major (N, B, D) layout, so that the
-    per-head (B, H, N, hd) views of Q, K and V are permutations a backend folds into its batched products
-    (ONNX Runtime: ``FusedMatMul`` with transposed batch dimensions) instead of copying them.
+    ``tokens_first`` (exportable models): ``x`` is token-major (N, B, D) (see the module docstring), and
+    ``class_only`` computes the output of the class token only.
     """
 
     def __init__(self, dim: int, heads: int, tokens: int, qkv_bias: bool, fused: bool,
@@ -78,14 +96,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, state: AttentionState = None) -> tuple[torch.Tensor, AttentionState]:
+    def forward(self, x: torch.Tensor, state: AttentionState = None,
+                class_only: bool = False) -> tuple[torch.Tensor, AttentionState]:
         n, h, hd = self.tokens, self.heads, self.head_dim
         if self.tokens_first:
-            qkv = self.qkv(x.transpose(0, 1)).reshape(n, -1, 3, h, hd)  # (N, B, 3, H, hd)
-            q, k, v = (t.permute(1, 2, 0, 3) for t in qkv.unbind(2))  # each (B, H, N, hd)
-        else:
-            qkv = self.qkv(x).reshape(-1, n, 3, h, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
-            q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+            return self._forward_token_major(x, class_only)
+        qkv = self.qkv(x).reshape(-1, n, 3, h, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         if self.fused and self.provides != "map":
             out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, hd)
             q = q * self.scale if self.provides == "qk" else q
@@ -99,13 +116,31 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(-1, n, self.dim)  # (B, N, D)
         return self.proj(out), new_state
 
+    def _forward_token_major(self, x: torch.Tensor, class_only: bool) -> tuple[torch.Tensor, AttentionState]:
+        """``x`` (N, B, D) -> (N, B, D), or (1, B, D) for the class token only (``class_only``; no sharer
+        may need this block's map then)."""
+        if class_only and self.provides is not None:
+            raise RuntimeError("class_only attention cannot hand its map on: its queries are the class token's")
+        # One GEMM for Q, K and V: INT8 Q/DQ then quantizes its input once for one integer GEMM (ONNX Runtime
+        # does not fuse Q/DQ into integer GEMMs that share a quantized input).
+        q, k, v = self.qkv(x).split([self.dim] * 3, dim=-1)  # each (N, B, D); sizes: valid below opset 18
+        q = split_heads(q[:1] if class_only else q, self.heads) * self.scale  # (B, H, Nq, hd)
+        k, v = split_heads(k, self.heads), split_heads(v, self.heads)  # each (B, H, N, hd)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, Nq, N)
+        out = merge_heads(attn @ v)  # (Nq, B, D)
+        new_state: AttentionState = {"map": attn, "qk": (q, k), None: None}[self.provides]
+        return self.proj(out), new_state
+
 
 class SharedAttention(nn.Module):
     """Attention of a sharing block: no Q/K projections, its own V, the map of a previous block.
 
     ``mode`` ``"map"`` multiplies the received probabilities with V; ``"qk"`` recomputes them from the
-    received Q and K (fusable by flash/TensorRT MHA kernels). Both are the same function. ``tokens_first``:
-    as in :class:`Attention`.
+    received Q and K (fusable by flash/TensorRT MHA kernels). Both are the same function. ``tokens_first``
+    and ``class_only``: as in :class:`Attention`; the received map is always the full one, and
+    ``class_only`` takes the class token's row after A·V, so that the map feeds this block's product
+    directly (the graph checks' one-map-many-products form; TensorRT's fused attention in ``qk`` mode; ONNX
+    Runtime's common-subexpression elimination with the owner's map). The rows skipped are cheap: N·N·hd.
     """
 
     def __init__(self, dim: int, heads: int, tokens: int, qkv_bias: bool, fused: bool,
@@ -119,12 +154,13 @@ class SharedAttention(nn.Module):
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, state: AttentionState) -> tuple[torch.Tensor, AttentionState]:
+    def forward(self, x: torch.Tensor, state: AttentionState,
+                class_only: bool = False) -> tuple[torch.Tensor, AttentionState]:
         if state is None:
             raise RuntimeError("a sharing block was called without the attention of its predecessor")
         n, h, hd = self.tokens, self.heads, self.head_dim
         if self.tokens_first:
-            v = self.v(x.transpose(0, 1)).reshape(n, -1, h, hd).permute(1, 2, 0, 3)  # (B, H, N, hd)
+            v = split_heads(self.v(x), h)  # (B, H, N, hd)
         else:
             v = self.v(x).reshape(-1, n, h, hd).transpose(1, 2)  # (B, H, N, hd)
         if self.mode == "map":
@@ -135,7 +171,10 @@ class SharedAttention(nn.Module):
                 out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # q is pre-scaled
             else:
                 out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v  # (B, H, N, hd)
-        out = out.transpose(1, 2).reshape(-1, n, self.dim)  # (B, N, D)
+        if self.tokens_first:
+            out = merge_heads(out[:, :, :1] if class_only else out)  # (Nq, B, D), Nq = 1 or N
+        else:
+            out = out.transpose(1, 2).reshape(-1, n, self.dim)  # (B, N, D)
         return self.proj(out), state  # chains: the next sharer reuses the same map
 
 
@@ -152,8 +191,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
 
-    def forward(self, x: torch.Tensor, state: AttentionState) -> tuple[torch.Tensor, AttentionState]:
-        a, state = self.attn(self.norm1(x), state)
+    def forward(self, x: torch.Tensor, state: AttentionState,
+                class_only: bool = False) -> tuple[torch.Tensor, AttentionState]:
+        """``class_only`` (token-major ``x`` (N, B, D)): the output of the class token only, (1, B, D)."""
+        a, state = self.attn(self.norm1(x), state, class_only)
+        if class_only:
+            x = x[:1]  # (1, B, D)
         x = x + a
         x = x + self.mlp(self.norm2(x))
         return x, state
@@ -165,11 +208,14 @@ class TokenPool(nn.Module):
     ``2d`` pools the h x w token grid, ``1d`` the token sequence. ``conv`` is a grouped convolution with
     groups = gcd(width in, width out) (depthwise when the input width divides the output width, as in
     PiT); ``max``/``avg`` pool per channel and are followed by a Linear when the width changes.
+    ``tokens_first`` (exportable models): tokens in and out are token-major, (T, B, D).
     """
 
-    def __init__(self, kind: str, op: str, dim_in: int, dim_out: int, tokens_in: int, tokens_out: int) -> None:
+    def __init__(self, kind: str, op: str, dim_in: int, dim_out: int, tokens_in: int, tokens_out: int,
+                 tokens_first: bool = False) -> None:
         super().__init__()
         self.kind, self.op = kind, op
+        self.tokens_first = tokens_first
         self.dim_in, self.dim_out = dim_in, dim_out
         self.tokens_in, self.tokens_out = tokens_in, tokens_out  # patch tokens, class token excluded
         self.side_in = math.isqrt(tokens_in)
@@ -191,18 +237,25 @@ class TokenPool(nn.Module):
         self.cls_proj = nn.Linear(dim_in, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens_first:
+            cls, t = x[:1], x[1:].permute(1, 2, 0)  # (1, B, C), (B, C, N)
+            t = self._pool(t).permute(2, 0, 1)  # (N', B, C')
+            if self.proj is not None:
+                t = self.proj(t)  # (N', B, C_out)
+            return torch.cat([self.cls_proj(cls), t], dim=0)  # (1 + N', B, C_out)
         cls, tokens = x[:, :1], x[:, 1:]  # (B, 1, C), (B, N, C)
-        t = tokens.transpose(1, 2)  # (B, C, N)
-        if self.kind == "2d":
-            t = t.reshape(-1, self.dim_in, self.side_in, self.side_in)  # (B, C, h, w)
-            t = self.pool(t)  # (B, C', h', w')
-            t = t.reshape(-1, self.width_after_pool, self.tokens_out)  # (B, C', N')
-        else:
-            t = self.pool(t)  # (B, C', N')
-        t = t.transpose(1, 2)  # (B, N', C')
+        t = self._pool(tokens.transpose(1, 2)).transpose(1, 2)  # (B, N', C')
         if self.proj is not None:
             t = self.proj(t)  # (B, N', C_out)
         return torch.cat([self.cls_proj(cls), t], dim=1)  # (B, 1 + N', C_out)
+
+    def _pool(self, t: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, C, N) -> pooled (B, C', N')."""
+        if self.kind == "2d":
+            t = t.reshape(-1, self.dim_in, self.side_in, self.side_in)  # (B, C, h, w)
+            t = self.pool(t)  # (B, C', h', w')
+            return t.reshape(-1, self.width_after_pool, self.tokens_out)  # (B, C', N')
+        return self.pool(t)  # (B, C', N')
 
 
 class PSViT(nn.Module):
@@ -210,9 +263,10 @@ class PSViT(nn.Module):
 
     Args:
         cfg: the architecture.
-        exportable: build for tracing (ONNX/TensorRT): explicit matmul-softmax-matmul attention with Q, K, V
-            projected token-major (their head layouts fold into the batched products, see :class:`Attention`)
-            and a class token broadcast without reading the batch size, so the graph has no shape computations.
+        exportable: build for tracing (ONNX/TensorRT): explicit matmul-softmax-matmul attention, tokens
+            token-major (N, B, D) throughout (head layouts fold into the batched products, see the module
+            docstring), a class token broadcast without reading the batch size, so the graph has no shape
+            computations, and ``forward`` computing the last block for the class token only.
         fused_attention: use ``scaled_dot_product_attention`` where no attention map has to be materialised.
             None means "not exportable".
         shared_attention: how sharing blocks get their map, ``"map"`` or ``"qk"``, one for all stages or one
@@ -251,7 +305,7 @@ class PSViT(nn.Module):
         self.pools = nn.ModuleList(
             TokenPool(
                 cfg.pool_kinds[s], cfg.pool_ops[s], cfg.dims[s], cfg.dims[s + 1],
-                cfg.patch_tokens[s], cfg.patch_tokens[s + 1],
+                cfg.patch_tokens[s], cfg.patch_tokens[s + 1], tokens_first=exportable,
             )
             for s in range(cfg.num_stages - 1)
         )
@@ -299,30 +353,46 @@ class PSViT(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
             raise ValueError(f"PSViT expects images of shape (B, {c}, {s}, {s}), got {tuple(x.shape)}")
 
-    def _prepend_class_token(self, x: torch.Tensor) -> torch.Tensor:
-        if self.exportable:
-            # Broadcast against a (B, 1, D) slice of x instead of expand(B, ...): no Shape op in the graph.
-            cls = self.cls_token + x[:, :1, :] * 0.0  # (B, 1, D)
-        else:
-            cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        return torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> final tokens after the last norm (B, 1 + N_last, D_last)."""
-        self._check_input(x)
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> patch tokens with the class token and position embedding, (B, 1 + N0, D0)."""
         x = self.patch_embed(x)  # (B, N0, D0)
-        x = self._prepend_class_token(x) + self.pos_embed  # (B, 1 + N0, D0)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        return torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N0, D0)
+
+    def _embed_token_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> token-major embedded tokens (1 + N0, B, D0), class token first; the class token is
+        broadcast against a (1, B, D) slice of the patches instead of expand(B, ...): no Shape op."""
+        x = self.patch_embed(x, token_major=True)  # (N0, B, D)
+        cls = self.cls_token + x[:1] * 0.0  # (1, B, D)
+        return torch.cat([cls, x], dim=0) + self.pos_embed.transpose(0, 1)  # (1 + N0, B, D)
+
+    def _tokens(self, x: torch.Tensor, class_only: bool = False) -> torch.Tensor:
+        """Images -> tokens after the last block, before the last norm: (B, 1 + N, D), or token-major
+        (1 + N, B, D) for exportable models; ``class_only`` (exportable models): the class token's (1, B, D),
+        and the last block computes nothing else."""
+        self._check_input(x)
+        x = self._embed_token_major(x) if self.exportable else self._embed(x)
         state: AttentionState = None
+        last = len(self.blocks) - 1
         for b, blk in enumerate(self.blocks):
             pool = self._pool_before.get(b)
             if pool is not None:
-                x = self.pools[pool](x)  # (B, 1 + N_s, D_s)
+                x = self.pools[pool](x)  # (B, 1 + N_s, D_s), token-major (1 + N_s, B, D_s)
                 state = None
-            x, state = blk(x, state)
-        return self.norm(x)
+            x, state = blk(x, state, class_only=class_only and b == last)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> final tokens after the last norm (B, 1 + N_last, D_last)."""
+        x = self.norm(self._tokens(x))
+        if self.exportable:  # token-major (1 + N, B, D) -> (B, 1 + N, D)
+            x = x.transpose(0, 1)
+        return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x[:, 0])  # (B, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exportable:  # the head reads the class token only: nothing else of the last block is computed
+            return self.head(self.norm(self._tokens(x, class_only=True)[0]))  # (1, B, D) -> (B, num_classes)
         return self.forward_head(self.forward_features(x))

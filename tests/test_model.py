@@ -107,6 +107,52 @@ def test_all_build_modes_compute_the_same_function(exportable, mode):
         torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
+def _perturbed(m):
+    """``m`` with non-trivial biases and norms (the initial ones are zeros and ones)."""
+    with torch.no_grad():
+        for p_ in m.parameters():
+            p_.add_(0.05 * torch.randn_like(p_))
+    return m
+
+
+@pytest.mark.parametrize(("kind", "op", "depths", "share"), [
+    ("2d", "conv", (2, 2, 2), (3, 5)),  # the last block shares an earlier block's map
+    ("2d", "max", (2, 2, 2), ()),
+    ("1d", "avg", (2, 2, 2), (1, 3, 5)),  # a chain of sharers in every stage
+    ("1d", "conv", (2, 2, 2), (3,)),  # the last block computes its own map
+    ("2d", "avg", (2, 3, 1), (3, 4)),  # the last stage has one block
+    ("1d", "max", (3, 2, 1), (1, 2, 4)),
+])
+@pytest.mark.parametrize("mode", ["map", "qk"])
+def test_token_major_exportable_layout_is_the_same_function(kind, op, depths, share, mode):
+    """Exportable models run token-major, with the last block for the class token only: the same logits
+    and the same final tokens as the eager (training) model, whatever pools and shares."""
+    kw = dict(pool_kinds=kind, pool_ops=op, depths=depths, share=share, shared_attention=mode)
+    ref = _perturbed(micro(**kw))
+    m = micro(**kw, exportable=True)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+        features = m.forward_features(x)
+        assert features.shape == (5, m.cfg.tokens[-1], m.cfg.dims[-1])
+        torch.testing.assert_close(features, ref.forward_features(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny", "psvit_1d_tiny", "psvit_2d_tiny"])
+@pytest.mark.parametrize("mode", ["map", "qk"])
+def test_registered_families_exportable_equals_training_model(name, mode):
+    """One variant of each registered family (224 px; the small ones differ in width and depth only): the
+    exportable build computes the training build's logits."""
+    assert name in psvit.list_models()
+    ref = _perturbed(psvit.create_model(name, num_classes=10, shared_attention=mode).eval())
+    m = psvit.create_model(name, num_classes=10, exportable=True, shared_attention=mode).eval()
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["2d", "1d"])
 @pytest.mark.parametrize("op", ["conv", "max", "avg"])
 def test_pooling_kinds_and_ops(kind, op):
@@ -153,16 +199,31 @@ def test_wrong_input_shape_is_explained():
         micro()(torch.randn(1, 3, 64, 64))
 
 
+def _class_only_saving(cfg, mode: str) -> int:
+    """MACs the last block skips when it computes the class token only (exportable ``forward``): for the
+    n - 1 patch tokens' queries, the output projection, the MLP and, in a block with its own map, Q·Kᵀ and
+    A·V. The Q/K/V projection runs for every token (one GEMM), and a sharer's A·V for every row (its map
+    feeds the product directly)."""
+    n, d = cfg.tokens[-1], cfg.dims[-1]
+    per_query = d * d + 2 * d * int(d * cfg.mlp_ratio)  # proj, fc1 + fc2
+    if cfg.depth - 1 not in cfg.share:
+        per_query += 2 * n * d  # Q·Kᵀ and A·V
+    return (n - 1) * per_query
+
+
 @pytest.mark.parametrize("name", psvit.list_models())
 @pytest.mark.parametrize("mode", ["map", "qk"])
 def test_analytic_macs_match_torch_flop_counter(name, mode):
     with torch.device("meta"):
         m = psvit.create_model(name, exportable=True, shared_attention=mode)
         x = torch.empty(1, 3, m.cfg.img_size, m.cfg.img_size)
-        with FlopCounterMode(display=False) as counter:
-            m(x)
+        with FlopCounterMode(display=False) as full:
+            m.forward_head(m.forward_features(x))  # every token through every block
+        with FlopCounterMode(display=False) as exported:
+            m(x)  # what an export runs: the last block for the class token only
     stats = model_stats(m)
-    assert stats.macs == counter.get_total_flops() // 2
+    assert stats.macs == full.get_total_flops() // 2
+    assert stats.macs - exported.get_total_flops() // 2 == _class_only_saving(m.cfg, mode) > 0
     assert stats.params == sum(p.numel() for p in m.parameters())
 
 
