@@ -53,7 +53,6 @@ def calibrate_command(
     """Quantize to explicit Q/DQ INT8 ONNX with the PSViT recipe and report FP32 vs INT8 accuracy."""
     from ..artifacts import ArtifactKind, detect_artifact
     from ..calibration import default_cache_path, load_calibration_set, quantize_onnx
-    from ..calibration.model import load_fp32_model
     from ..errors import ArtifactError, DataError
     from ..outputs import Output, OutputKind, check_outputs
     from ..provenance import atomic_output
@@ -83,6 +82,7 @@ def calibrate_command(
     held_out: dict[str, Any] = {}
 
     def check_eval_data(fp32: Any) -> None:  # --eval-data problems surface before any calibration work
+        held_out["fp32"] = fp32  # the checked FP32 model, reused below instead of reading the ONNX again
         if eval_data is not None:
             from ..calibration.evaluation import load_eval_set
 
@@ -111,7 +111,7 @@ def calibrate_command(
     console.print(table)
     report: dict[str, Any] = {"quantize": result.to_dict()}
 
-    fp32 = load_fp32_model(result.fp32_path) if eval_data is not None or sensitivity else None
+    fp32 = held_out["fp32"] if eval_data is not None or sensitivity else None
     if fp32 is not None and eval_data is not None:
         from ..calibration.report import accuracy_report, report_table
 
