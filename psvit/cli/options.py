@@ -59,9 +59,9 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", help="cpu | cuda | cuda:N [default: the backend's].")]
 
 
-def deprecated_alias(old: str, new: str, value: object, current: object, default: object = None) -> object:
-    """The value of a renamed option: ``new``'s, or the hidden old spelling's with a warning."""
-    if value is None or value == default:
+def deprecated_alias(old: str, new: str, value: object, current: object) -> object:
+    """The value of a renamed option: ``new``'s, or the hidden old spelling's (given: not None) with a warning."""
+    if value is None:
         return current
     warn(f"{old} is deprecated; use {new}")
     return value
