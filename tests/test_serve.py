@@ -195,7 +195,9 @@ def test_bad_requests_get_triton_errors_and_others_are_unaffected(server, rt):
             with pytest.raises(InferenceServerException) as info:
                 call()
             messages[what] = str(info.value)
-        time.sleep(0.2)  # good traffic keeps running around the bad requests
+        deadline = time.monotonic() + 60  # good traffic keeps running around the bad requests
+        while len(good) < 8 and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            time.sleep(0.05)
     finally:
         stop.set()
         for t in threads:
@@ -248,6 +250,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server, rt):
     records: list[tuple[float, np.ndarray, object]] = []
     stop = threading.Event()
     started = threading.Barrier(17, timeout=60)
+    answered = [threading.Event() for _ in range(16)]  # each client has sent (and got back) a request
 
     def client_loop(k: int) -> None:
         client = http.InferenceServerClient(server.http, network_timeout=120.0)
@@ -261,6 +264,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server, rt):
             except Exception as exc:  # noqa: BLE001 - refused after the signal is fine, checked below
                 out = exc
             records.append((t0, x, out))
+            answered[k].set()
             i += 1
         client.close()  # as a client that is done: Triton's shutdown waits for open HTTP connections
 
@@ -268,7 +272,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server, rt):
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.5)
+    for event in answered:  # all 16 clients are sending before the signal
+        event.wait(60)
     t_signal = time.monotonic()
     stop.set()  # clients stop sending new requests, as a load balancer does when the pod terminates
     code = server.terminate(timeout=90)
