@@ -89,7 +89,7 @@ def test_ready_info_and_health_and_metrics(server, rt):
 
 def test_concurrent_http_and_grpc_clients_each_get_their_own_answers(server, rt):
     """2,096 requests (1-3 rows each) from 64 concurrent clients, 32 per protocol: every answer is rt.infer of
-    the rows sent, under the request's own id; none lost, none duplicated; Triton batched them."""
+    the rows sent, under the request's own id; none lost, none duplicated; Triton ran every row once."""
     import asyncio
 
     import tritonclient.grpc.aio as grpc_aio
@@ -129,11 +129,15 @@ def test_concurrent_http_and_grpc_clients_each_get_their_own_answers(server, rt)
         assert out.shape == (len(x), 10)
         assert rel_err(out, ref[start:start + len(x)]) <= REL
         start += len(x)
+    deadline = time.monotonic() + 60  # Triton records a request just after answering it
     after = _stats(server)
+    while int(after["inference_count"]) - int(before["inference_count"]) < len(x_all) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = _stats(server)
     executions = int(after["execution_count"]) - int(before["execution_count"])
     inferences = int(after["inference_count"]) - int(before["inference_count"])
     assert inferences == len(x_all)  # every row ran exactly once
-    assert executions < inferences  # the dynamic batcher grouped requests
+    assert executions < inferences  # multi-row requests and grouping (not asserted: timing; see the benchmark)
 
 
 def _png(seed: int, size=(40, 52)) -> bytes:
