@@ -128,15 +128,13 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess:
 def test_runtime_loads_onnx_without_torch_or_onnx(demo_fp32_onnx):
     pytest.importorskip("onnxruntime", reason="runs the ONNX file (pip install onnxruntime)")
     code = (
-        "import sys, time, json\n"
-        "t0 = time.perf_counter()\n"
+        "import sys, json\n"
         "import psvit.runtime\n"
-        "seconds = time.perf_counter() - t0\n"
         "rt = psvit.runtime.load(sys.argv[1])\n"
         "import numpy as np\n"
         "out = rt.infer(np.zeros((2, 3, 32, 32), np.float32))\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'onnx': 'onnx' in sys.modules,\n"
-        "                  'shape': list(out.shape), 'import_s': seconds}))\n"
+        "                  'shape': list(out.shape)}))\n"
     )
     proc = _python(code, str(demo_fp32_onnx))
     assert proc.returncode == 0, proc.stderr

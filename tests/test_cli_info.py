@@ -22,6 +22,6 @@ def test_info_json_matches_model_stats(capsys):
 
 def test_unknown_variant_exits_2_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "psvit.cli", "info", "psvit_mcro"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Did you mean psvit_micro" in proc.stderr and "Traceback" not in proc.stderr

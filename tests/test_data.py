@@ -242,7 +242,7 @@ def test_cli_data_synthetic_error_has_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "psvit.cli", "data", "synthetic", "--out", str(tmp_path / "a" / "b"),
          "--count", "5", "--seed", "0"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert "mkdir -p" in proc.stderr and "Traceback" not in proc.stderr

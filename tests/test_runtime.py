@@ -232,7 +232,7 @@ def test_missing_tensorrt_names_the_pip_package():
 def _hammer(rt, inputs: list[np.ndarray], threads: int = 6) -> list[np.ndarray | None]:
     results: list[np.ndarray | None] = [None] * len(inputs)
     errors: list[BaseException] = []
-    barrier = threading.Barrier(threads)
+    barrier = threading.Barrier(threads, timeout=60)
 
     def work(k: int) -> None:
         try:
@@ -246,7 +246,8 @@ def _hammer(rt, inputs: list[np.ndarray], threads: int = 6) -> list[np.ndarray |
     for t in pool:
         t.start()
     for t in pool:
-        t.join()
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in pool), "a thread did not finish within 120 s"
     assert not errors, errors
     return results
 

@@ -89,7 +89,7 @@ def test_ready_info_and_health_and_metrics(server, rt):
 
 def test_concurrent_http_and_grpc_clients_each_get_their_own_answers(server, rt):
     """2,096 requests (1-3 rows each) from 64 concurrent clients, 32 per protocol: every answer is rt.infer of
-    the rows sent, under the request's own id; none lost, none duplicated; Triton batched them."""
+    the rows sent, under the request's own id; none lost, none duplicated; Triton ran every row once."""
     import asyncio
 
     import tritonclient.grpc.aio as grpc_aio
@@ -129,11 +129,15 @@ def test_concurrent_http_and_grpc_clients_each_get_their_own_answers(server, rt)
         assert out.shape == (len(x), 10)
         assert rel_err(out, ref[start:start + len(x)]) <= REL
         start += len(x)
+    deadline = time.monotonic() + 60  # Triton records a request just after answering it
     after = _stats(server)
+    while int(after["inference_count"]) - int(before["inference_count"]) < len(x_all) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = _stats(server)
     executions = int(after["execution_count"]) - int(before["execution_count"])
     inferences = int(after["inference_count"]) - int(before["inference_count"])
     assert inferences == len(x_all)  # every row ran exactly once
-    assert executions < inferences  # the dynamic batcher grouped requests
+    assert executions < inferences  # multi-row requests and grouping (not asserted: timing; see the benchmark)
 
 
 def _png(seed: int, size=(40, 52)) -> bytes:
@@ -195,7 +199,9 @@ def test_bad_requests_get_triton_errors_and_others_are_unaffected(server, rt):
             with pytest.raises(InferenceServerException) as info:
                 call()
             messages[what] = str(info.value)
-        time.sleep(0.2)  # good traffic keeps running around the bad requests
+        deadline = time.monotonic() + 60  # good traffic keeps running around the bad requests
+        while len(good) < 8 and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            time.sleep(0.05)
     finally:
         stop.set()
         for t in threads:
@@ -248,6 +254,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server, rt):
     records: list[tuple[float, np.ndarray, object]] = []
     stop = threading.Event()
     started = threading.Barrier(17, timeout=60)
+    answered = [threading.Event() for _ in range(16)]  # each client has sent (and got back) a request
 
     def client_loop(k: int) -> None:
         client = http.InferenceServerClient(server.http, network_timeout=120.0)
@@ -261,6 +268,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server, rt):
             except Exception as exc:  # noqa: BLE001 - refused after the signal is fine, checked below
                 out = exc
             records.append((t0, x, out))
+            answered[k].set()
             i += 1
         client.close()  # as a client that is done: Triton's shutdown waits for open HTTP connections
 
@@ -268,7 +276,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server, rt):
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.5)
+    for event in answered:  # all 16 clients are sending before the signal
+        event.wait(60)
     t_signal = time.monotonic()
     stop.set()  # clients stop sending new requests, as a load balancer does when the pod terminates
     code = server.terminate(timeout=90)

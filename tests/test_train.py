@@ -152,7 +152,7 @@ def test_cli_train_checks_the_output_before_training(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "psvit.cli", "train", "--variant", "psvit_micro", "--data", "synthetic",
          "--epochs", "1", "--out", str(tmp_path / "model.pth")],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert ".safetensors" in proc.stderr and "Traceback" not in proc.stderr
