@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -116,10 +117,10 @@ def _print_fusions(report: Any) -> None:  # FusionReport
         f.add_row(op, str(n), FUSED_OPS[op])
     console.print(f)
     removed = ", ".join(f"{op} {n}" for op, n in report.removed.items()) or "none"
-    console.print(f"nodes removed by the optimizer: {removed}")
+    console.print(f"nodes removed by the optimizer: {removed}", markup=False)
     if report.expected:
         verdict = "[green]every expected fusion fired[/]" if not report.problems else \
-            "[red]" + "; ".join(report.problems) + "[/]"
+            "[red]" + escape("; ".join(report.problems)) + "[/]"
         console.print(f"PSViT fusion checks: {verdict}")
     if report.time_by_op:
         p = Table(title=f"time by op type, batch {report.batch}, {report.runs} profiled runs")
