@@ -95,8 +95,10 @@ def batch_axes(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], names: 
     for name, a, b in zip(names, run(feed), run({**feed, input_name: probe})):
         changed = a != b
         axes[name] = None
+        if not changed.any():
+            continue
         for axis in range(a.ndim):
-            if a.shape[axis] == fed and changed.any() and not np.take(changed, range(1, fed), axis=axis).any():
+            if a.shape[axis] == fed and not np.take(changed, range(1, fed), axis=axis).any():
                 axes[name] = axis
                 break
     return axes

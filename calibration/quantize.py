@@ -170,7 +170,7 @@ def quantize_onnx(
     cache = Path(cache_path) if cache_path is not None else default_cache_path(out)
     check_outputs([Output(out, OutputKind.ONNX), Output(cache, OutputKind.JSON, "--calib-cache")],
                   inputs=[onnx_path, calib_data])  # before calibrating
-    require_data(calib_data)  # before any export: no data, no calibration
+    require_data(calib_data)  # no data, no calibration
     warnings: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="psvit-calib.") as tmpdir:
@@ -211,7 +211,7 @@ def quantize_onnx(
             say(f"calibrating ({method}: {'1 pass' if method == 'max' else '2 passes'} over {len(data)} images, "
                 f"batches of {batch})")
             calibration = calibrate_ranges(model_in, data, method=method, input_name=fp32.input_name,
-                                           batch=calib_batch or DEFAULT_BATCH, static_batch=fp32.static_batch,
+                                           batch=batch, static_batch=fp32.static_batch,
                                            op_types=OP_TYPES, workdir=tmp, progress=progress)
             calib_seconds = calibration.seconds
             save_tensors_data(calibration.ranges, ort_cache)
@@ -246,13 +246,12 @@ def quantize_onnx(
         from ..export.metadata import set_metadata
 
         set_metadata(qmodel, _metadata(fp32_sha, info))
-        fp32_path = fp32.path
         with atomic_output(out, suffix=".onnx") as tmp_out:
             onnx.save(qmodel, str(tmp_out))
     say(f"wrote {out} ({count} Q/DQ nodes, rest {rest})")
     return QuantizeResult(
         path=out, cache_path=cache, cache_sha256=cache_sha, cache_reused=reused, method=method, qdq_nodes=count,
         seconds=time.perf_counter() - t_start, calibration_seconds=calib_seconds, images=len(data),
-        skipped=data.skipped, recipe=recipe, fp32_path=fp32_path, precision_rest=rest, calibration_data=data.source,
+        skipped=data.skipped, recipe=recipe, fp32_path=fp32.path, precision_rest=rest, calibration_data=data.source,
         seconds_per_image=per_image, peak_rss_bytes=peak_rss_bytes(), warnings=warnings,
     )

@@ -53,8 +53,8 @@ def layer_sensitivity(
     """
     import onnx
 
-    from ..export import compare
     from ..export.onnx_io import name_nodes
+    from ..export.verify import compare_outputs, outputs_of
     from ..provenance import sha256_file
     from ..runtime import load
     from .quantize import ort_quantize
@@ -66,7 +66,8 @@ def layer_sensitivity(
     proto = onnx.load(str(fp32_path))
     name_nodes(proto)
     recipe = plan_recipe(proto, quantize_qk=quantize_qk, exclude=exclude)
-    reference = load(fp32_path, name="FP32")
+    with load(fp32_path, name="FP32") as reference:  # (N, classes) once, against every candidate
+        ref_name, ref_out = reference.name, outputs_of(reference, images)
     layers: list[LayerSensitivity] = []
     with tempfile.TemporaryDirectory(prefix="psvit-sens.") as tmpdir:
         tmp = Path(tmpdir)
@@ -77,7 +78,8 @@ def layer_sensitivity(
             q_path = tmp / "one.onnx"
             ort_quantize(model_in, q_path, None, [node], cache["method"], ranges)
             with load(q_path, name=node) as candidate:
-                cmp = compare(reference, candidate, images)
+                cmp = compare_outputs(ref_name, ref_out, candidate.name, outputs_of(candidate, images),
+                                      len(images))
             layers.append(LayerSensitivity(node, recipe.kinds[node], cmp.worst_rel_l2, cmp.top1_agreement or 1.0))
     layers.sort(key=lambda x: -x.rel_l2)
     median = float(np.median([x.rel_l2 for x in layers]))

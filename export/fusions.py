@@ -139,9 +139,9 @@ def onnxruntime_fusions(
         rt = load(path, backend="onnxruntime", providers=list(providers or ["cpu"]), threads=threads,
                   profiling=runs > 0, optimized_model_path=optimized_path)
         with rt:
+            run_batch = rt.backend.limits.static or batch  # a fixed-batch graph runs its own batch
             if runs > 0:
-                n = rt.backend.limits.static or batch  # a fixed-batch graph runs its own batch
-                x = np.random.default_rng(0).standard_normal((n, *rt.input_shape), dtype=np.float32)
+                x = np.random.default_rng(0).standard_normal((run_batch, *rt.input_shape), dtype=np.float32)
                 for _ in range(runs):
                     rt.infer(x)
             profile = rt.layer_profile() if runs > 0 else None
@@ -152,8 +152,8 @@ def onnxruntime_fusions(
     removed = {op: n - after.get(op, 0) for op, n in before.items() if after.get(op, 0) < n}
     report = FusionReport(
         artifact=str(path), backend="onnxruntime", providers=used, exported_ops=before, optimized_ops=after,
-        fused=fused, removed=removed, gelu_bias_folded=gelu_bias_folded(optimized), time_by_op=profile, batch=(rt.backend.limits.static or batch) if runs else None,
-        runs=runs,
+        fused=fused, removed=removed, gelu_bias_folded=gelu_bias_folded(optimized), time_by_op=profile,
+        batch=run_batch if runs else None, runs=runs,
     )
     patterns = fusable_patterns(exported)
     report.patterns = patterns.to_dict()

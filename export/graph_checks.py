@@ -213,11 +213,12 @@ def fusable_patterns(model: "onnx.ModelProto") -> FusablePatterns:
         """x of ``(x * 0.5) * (1 + erf(x / √2))`` around ``erf``, or None when it has another form."""
         div = made_by(erf.input[0], "Div")
         adds = [a for a in readers.get(erf.output[0], []) if a.op_type == "Add"]
-        if div is None or len(adds) != 1 or scalar(div.input[1]) is None:
+        root2 = scalar(div.input[1]) if div is not None else None
+        if root2 is None or len(adds) != 1:
             return None
         x, add = div.input[0], adds[0]
         muls = [m for m in readers.get(add.output[0], []) if m.op_type == "Mul"]
-        if abs(scalar(div.input[1]) - math.sqrt(2)) > 1e-6 or scalar(other(add, erf.output[0])) != 1.0 or len(muls) != 1:
+        if abs(root2 - math.sqrt(2)) > 1e-6 or scalar(other(add, erf.output[0])) != 1.0 or len(muls) != 1:
             return None
         half = made_by(other(muls[0], add.output[0]), "Mul")
         if half is None or x not in half.input or scalar(other(half, x)) != 0.5:

@@ -91,7 +91,7 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxSummary:
     """Summarise the ONNX file at ``path`` (external weights are not read)."""
     import onnx
 
-    from .metadata import decode
+    from .metadata import read_metadata
     from .onnx_io import load_onnx_graph
 
     path = Path(path)
@@ -129,5 +129,5 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxSummary:
         tokens_per_stage=tokens, attention_maps=ops.get("Softmax", 0), shared_maps=shared,
         qdq={"QuantizeLinear": ops.get("QuantizeLinear", 0), "DequantizeLinear": ops.get("DequantizeLinear", 0)},
         shape_ops=sum(ops.get(o, 0) for o in SHAPE_OPS), initializers=len(g.initializer),
-        metadata=decode({p.key: p.value for p in model.metadata_props}),
+        metadata=read_metadata(model),
     )

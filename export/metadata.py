@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from .sources import ModelSource
 
 FORMAT = "psvit-onnx/1"
-decode = decode_metadata  # the reading side lives below the runtime (psvit.metadata); this name stays for callers
 RANDOM_WEIGHTS = "random-weights"
 EXPORTER = "torch.onnx.export(dynamo=True) + onnxscript optimizer (no CSE)"
 VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "onnxconverter-common")

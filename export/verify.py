@@ -1,6 +1,7 @@
 """The one comparison of the toolchain: run two artifacts on the same inputs and measure, per output,
 relative L2 error, max abs error, cosine similarity and top-1 agreement. Export verification, post-build
-engine parity, calibration sensitivity and ``psvit-export compare`` all call :func:`compare`; both sides are
+engine parity, calibration sensitivity and ``psvit-export compare`` all call :func:`compare` (sensitivity:
+:func:`compare_outputs`, one FP32 run against many candidates); both sides are
 :class:`psvit.runtime.Runtime` objects, so any artifact the runtime loads can be compared with any other."""
 from __future__ import annotations
 
@@ -116,13 +117,20 @@ def compare(
             f"the artifacts take different inputs: {reference.name} {reference.input_shape}, "
             f"{candidate.name} {candidate.input_shape}"
         )
-    ref_out = outputs_of(reference, inputs)
-    cand_out = outputs_of(candidate, inputs)
+    return compare_outputs(reference.name, outputs_of(reference, inputs), candidate.name,
+                           outputs_of(candidate, inputs), len(inputs), max_rel_l2=max_rel_l2)
+
+
+def compare_outputs(reference: str, ref_out: dict[str, np.ndarray], candidate: str,
+                    cand_out: dict[str, np.ndarray], samples: int, *, max_rel_l2: float | None = None
+                    ) -> Comparison:
+    """:func:`compare` of outputs already computed (:func:`outputs_of`), e.g. one reference against many
+    candidates."""
     outputs = [
         output_metrics(nb if na == nb else f"{na} / {nb}", ref_out[na], cand_out[nb])
         for na, nb in _pair_outputs(list(ref_out), list(cand_out))
     ]
-    return Comparison(reference.name, candidate.name, len(inputs), outputs, max_rel_l2)
+    return Comparison(reference, candidate, samples, outputs, max_rel_l2)
 
 
 def require_close(comparison: Comparison, what: str, hint: str = "") -> None:

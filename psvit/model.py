@@ -98,9 +98,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: AttentionState = None,
                 class_only: bool = False) -> tuple[torch.Tensor, AttentionState]:
-        n, h, hd = self.tokens, self.heads, self.head_dim
         if self.tokens_first:
             return self._forward_token_major(x, class_only)
+        n, h, hd = self.tokens, self.heads, self.head_dim
         qkv = self.qkv(x).reshape(-1, n, 3, h, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         if self.fused and self.provides != "map":

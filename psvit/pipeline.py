@@ -104,18 +104,26 @@ def source_sha256(source: str) -> str | None:
 
 def reusable_export(path: Path, source: str, precision: str) -> bool:
     """An existing export at ``path`` of the same checkpoint (sha256), precision and opset, dynamic batch."""
+    return _reusable_export_sha256(path, source, precision) is not None
+
+
+def _reusable_export_sha256(path: Path, source: str, precision: str) -> str | None:
+    """The checkpoint's sha256 when :func:`reusable_export` holds (hashed once), else None."""
     from .export.metadata import RANDOM_WEIGHTS, read_metadata
     from .export.trace import DEFAULT_OPSET
 
+    if not path.is_file():
+        return None
     sha = source_sha256(source)
-    if not path.is_file() or sha is None or sha == RANDOM_WEIGHTS:
-        return False
+    if sha is None or sha == RANDOM_WEIGHTS:
+        return None
     try:
         meta = read_metadata(path)
     except PSViTError:
-        return False  # unreadable: made again
-    return (meta.get("psvit.source_sha256") == sha and meta.get("psvit.precision") == precision
+        return None  # unreadable: made again
+    same = (meta.get("psvit.source_sha256") == sha and meta.get("psvit.precision") == precision
             and str(meta.get("psvit.batch")) == "dynamic" and str(meta.get("psvit.opset")) == str(DEFAULT_OPSET))
+    return sha if same else None
 
 
 def reusable_engine(out: Path, request: Any) -> tuple[Any, list[str]]:
@@ -141,9 +149,9 @@ def export_step(source: str, out: Path, precision: str, *, data: Any = None, see
     from .export import export_onnx
 
     say = log or (lambda _m: None)
-    if not force and reusable_export(out, source, precision):
+    sha = None if force else _reusable_export_sha256(out, source, precision)
+    if sha is not None:
         say(f"reusing {out} (exported from the same checkpoint)")
-        sha = source_sha256(source) or ""
         return OnnxStep(out, precision, [f"reused {out.name} (same checkpoint sha256 {sha[:12]}…)"], reused=True)
     say(f"exporting {source} to {precision.upper()} ONNX {out}")
     result = export_onnx(source, out, fp16=precision == "fp16", data=data, seed=seed, variant=variant, log=say)
