@@ -103,7 +103,6 @@ def predict_command(
     from ..errors import ConfigError
     from ..outputs import Output, OutputKind, check_outputs
     from ..provenance import atomic_output
-    from ..runtime.errors import OutputError
     from ..runtime.predict_job import predict_to_file
 
     # Parquet outputs are folders of parts (and an output that exists may be resumed): the prediction file is
