@@ -29,10 +29,14 @@ from .predict import Prediction, preprocessor, top_k
 DEFAULT_BATCH = 32
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_loader_workers() -> int:
     """Half the usable CPUs (at least 1, at most 8): the other half runs inference."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus // 2))
+    return max(1, min(8, usable_cpus() // 2))
 
 
 def throughput_options(artifact: str | os.PathLike, options: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 from .api import artifact_kind
 from .errors import BackendError
 from .file_predict import (
-    DEFAULT_BATCH, FileResult, ResultStream, check_run_settings, predict_batch, throughput_options,
+    DEFAULT_BATCH, FileResult, ResultStream, check_run_settings, predict_batch, throughput_options, usable_cpus,
 )
 from .predict import Prediction
 
@@ -71,7 +71,7 @@ def connect(settings: RaySettings) -> bool:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if settings.address == LOCAL:
-            cpus = settings.local_cpus or len(os.sched_getaffinity(0))
+            cpus = settings.local_cpus or usable_cpus()
             ray.init(num_cpus=cpus, object_store_memory=settings.local_object_store_bytes, include_dashboard=False,
                      **quiet)
         else:
