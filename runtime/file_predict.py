@@ -24,7 +24,7 @@ from .core import Runtime
 from .errors import RuntimeInputError
 from .file_inputs import find_images
 from .image_loader import load_batches
-from .predict import Prediction, preprocessor, top_k
+from .predict import Prediction, preprocessor
 
 DEFAULT_BATCH = 32
 
@@ -119,7 +119,7 @@ def predict_batch(runtime: Runtime, items: Sequence[tuple[str, str | None]], pix
                   topk: int) -> list[FileResult]:
     """Results of one batch: ``items`` are (path, error or None); ``pixels`` (B_ok, C, H, W) float32 holds
     the preprocessed images of the items without error, in order."""
-    preds = iter(top_k(runtime.infer(pixels), topk, runtime.class_names) if len(pixels) else [])
+    preds = iter(runtime.top_k(runtime.infer(pixels), topk) if len(pixels) else [])
     return [FileResult(p, next(preds)) if err is None else FileResult(p, error=err) for p, err in items]
 
 
