@@ -198,7 +198,7 @@ def predict_to_file(
     todo = [p for p in paths if p not in output.writer.done]
     summary = PredictSummary(
         out=str(out or "-"), format=fmt, found=len(paths), already_done=len(paths) - len(todo),
-        stats=PredictStats(), earlier_failed=len(output.writer.earlier_failed),
+        stats=PredictStats(), earlier_failed=output.writer.earlier_failed,
         engine="local" if ray is None else "ray",
         settings={"topk": topk, "batch": batch, "backend": backend, "device": device, "options": options or {},
                   "loader_workers": workers if ray is None else None, "resume": continuing})

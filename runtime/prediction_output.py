@@ -102,12 +102,12 @@ class PredictionWriter(ABC):
         self.path = path
         self.topk = topk
         self.done: set[str] = set()
-        self.earlier_failed: list[tuple[str, str]] = []  # (path, error) of failed records found on resume
+        self.earlier_failed = 0  # failed records found on resume
 
     def _found(self, rec: dict[str, Any]) -> None:
         self.done.add(rec["path"])
         if rec["error"]:
-            self.earlier_failed.append((rec["path"], rec["error"]))
+            self.earlier_failed += 1
 
     @abstractmethod
     def write(self, results: Sequence[FileResult]) -> None:
