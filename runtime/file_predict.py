@@ -131,6 +131,7 @@ class ResultStream(ABC):
     def __init__(self, paths: Sequence[str]) -> None:
         self.paths = list(paths)
         self.stats = PredictStats()
+        self.startup_s = 0.0  # set-up inside the stream before its first batch (Ray: the cluster), in seconds
         self._batches: Iterator[list[FileResult]] | None = None
 
     def __len__(self) -> int:
