@@ -96,13 +96,15 @@ def predict_command(
     from ..errors import ConfigError
     from ..outputs import Output, OutputKind, check_outputs
     from ..provenance import atomic_output
-    from ..runtime.predict_job import predict_to_file
+    from ..runtime.predict_job import predict_to_file, run_record_path
 
     # Parquet outputs are folders of parts (and an output that exists may be resumed): the prediction file is
-    # checked against the inputs here, for existence/resume/format by predict_to_file.
+    # checked against the inputs here, for existence/resume/format by predict_to_file. The run record beside
+    # it is checked too, so that --json cannot name it.
     predictions = None if out is None or out.suffix.lower() == ".parquet" else out
-    check_outputs([Output(predictions, OutputKind.FILE), Output(json_out, OutputKind.JSON, "--json")],
-                  inputs=[artifact, *inputs])
+    record = None if out is None else run_record_path(out)
+    check_outputs([Output(predictions, OutputKind.FILE), Output(record, OutputKind.JSON, "the run record"),
+                   Output(json_out, OutputKind.JSON, "--json")], inputs=[artifact, *inputs])
     ray_settings = None
     if ray is not None:
         from ..runtime.ray_predict import RaySettings
