@@ -144,8 +144,7 @@ def bench(
     kinds = [None if isinstance(art, Runtime) else _checked_kind(art) for art in artifacts]
     results = []
     for art, kind in zip(artifacts, kinds):
-        spec = None if isinstance(art, Runtime) else art  # a loaded runtime cannot be loaded again for layers
-        if isinstance(art, Runtime):
+        if kind is None:  # a loaded runtime (it cannot be loaded again for the layer profile)
             rt, art = art, art.name
             opts: dict[str, Any] = {}
         else:
@@ -157,7 +156,7 @@ def bench(
             for n in batches:
                 say(f"{b.description}: batch {n} (warm-up {warm}, {iters} iterations)")
                 res.batches[n] = profile_runtime(rt, n, warmup=warm, iters=iters)
-        if layers and spec is not None and b.name in ("onnxruntime", "tensorrt"):
+        if layers and kind is not None and b.name in ("onnxruntime", "tensorrt"):
             n = max(batches)
             with load(art, backend=backend, device=device, profiling=True, **opts) as prof:
                 x = np.zeros((n, *prof.input_shape), np.float32)

@@ -161,8 +161,13 @@ class Runtime:
         """Per image, the ``topk`` classes as (index, name, probability), most probable first (from the
         first output of an artifact with several)."""
         check_topk(topk)  # before the work
-        out = self.infer(self.preprocess_images(images))
-        return top_k(out[self.output_names[0]] if isinstance(out, dict) else out, topk, self.class_names)
+        return self.top_k(self.infer(self.preprocess_images(images)), topk)
+
+    def top_k(self, outputs: Outputs, topk: int) -> list[list[Prediction]]:
+        """Per row of :meth:`infer`'s ``outputs``, the ``topk`` classes (from the first output of an artifact
+        with several)."""
+        return top_k(outputs[self.output_names[0]] if isinstance(outputs, dict) else outputs, topk,
+                     self.class_names)
 
     # ---- lifetime ---------------------------------------------------------------------------------
     def layer_profile(self) -> dict[str, dict[str, float]] | None:

@@ -24,15 +24,19 @@ from .core import Runtime
 from .errors import RuntimeInputError
 from .file_inputs import find_images
 from .image_loader import load_batches
-from .predict import Prediction, preprocessor, top_k
+from .predict import Prediction, preprocessor
 
 DEFAULT_BATCH = 32
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_loader_workers() -> int:
     """Half the usable CPUs (at least 1, at most 8): the other half runs inference."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus // 2))
+    return max(1, min(8, usable_cpus() // 2))
 
 
 def throughput_options(artifact: str | os.PathLike, options: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +119,7 @@ def predict_batch(runtime: Runtime, items: Sequence[tuple[str, str | None]], pix
                   topk: int) -> list[FileResult]:
     """Results of one batch: ``items`` are (path, error or None); ``pixels`` (B_ok, C, H, W) float32 holds
     the preprocessed images of the items without error, in order."""
-    preds = iter(top_k(runtime.infer(pixels), topk, runtime.class_names) if len(pixels) else [])
+    preds = iter(runtime.top_k(runtime.infer(pixels), topk) if len(pixels) else [])
     return [FileResult(p, next(preds)) if err is None else FileResult(p, error=err) for p, err in items]
 
 
@@ -127,6 +131,7 @@ class ResultStream(ABC):
     def __init__(self, paths: Sequence[str]) -> None:
         self.paths = list(paths)
         self.stats = PredictStats()
+        self.startup_s = 0.0  # set-up inside the stream before its first batch (Ray: the cluster), in seconds
         self._batches: Iterator[list[FileResult]] | None = None
 
     def __len__(self) -> int:

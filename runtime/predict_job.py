@@ -19,7 +19,9 @@ from typing import Any
 from ..provenance import atomic_output, package_versions, sha256_file
 from .errors import OutputError
 from .file_inputs import find_images
-from .file_predict import DEFAULT_BATCH, PredictStats, check_run_settings, default_loader_workers
+from .file_predict import (
+    DEFAULT_BATCH, PredictStats, ResultStream, check_run_settings, default_loader_workers,
+)
 from .prediction_output import (
     JsonlWriter, PredictionWriter, check_output, open_output, output_format, remove_output,
 )
@@ -198,7 +200,7 @@ def predict_to_file(
     todo = [p for p in paths if p not in output.writer.done]
     summary = PredictSummary(
         out=str(out or "-"), format=fmt, found=len(paths), already_done=len(paths) - len(todo),
-        stats=PredictStats(), earlier_failed=len(output.writer.earlier_failed),
+        stats=PredictStats(), earlier_failed=output.writer.earlier_failed,
         engine="local" if ray is None else "ray",
         settings={"topk": topk, "batch": batch, "backend": backend, "device": device, "options": options or {},
                   "loader_workers": workers if ray is None else None, "resume": continuing})
@@ -217,7 +219,7 @@ def predict_to_file(
                 summary.failed.extend((r.path, r.error or "") for r in results if not r.ok)
                 if on_progress is not None:
                     on_progress(stream.stats.files, len(todo), stream.stats)
-        summary.setup_s = t_setup - t_start + getattr(stream, "startup_s", 0.0)
+        summary.setup_s = t_setup - t_start + stream.startup_s
         summary.runtime = stream.describe()
     except BaseException:
         output.abandon()
@@ -229,7 +231,7 @@ def predict_to_file(
 
 def _open_stream(artifact: str | os.PathLike, paths: list[str], *, topk: int, batch: int, workers: int,
                  timeout_s: float | None, backend: str, device: str | None, options: dict[str, Any],
-                 ray: Any) -> Any:
+                 ray: Any) -> ResultStream:
     if ray is not None:
         from .ray_predict import RayPredictionStream
 

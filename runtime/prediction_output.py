@@ -10,7 +10,7 @@ empty top-k lists). How each format survives an interrupted run:
   flushed per batch. On resume an incomplete last row is cut off the same way.
 - ``.parquet``: a *folder* of part files (``part-000000.parquet``, ...), the layout Spark, Ray and
   ``pyarrow.parquet.read_table(folder)`` read as one table. A Parquet file is only readable once its
-  footer is written, so results are buffered and written as a part every ``rows_per_part`` rows (and at
+  footer is written, so results are buffered and written as a part every ``PARQUET_ROWS_PER_PART`` rows (and at
   the end), to a hidden temporary name renamed into place when complete. A kill loses at most the buffered
   part, which the resumed run predicts again; hidden leftovers are deleted on resume.
 """
@@ -102,12 +102,12 @@ class PredictionWriter(ABC):
         self.path = path
         self.topk = topk
         self.done: set[str] = set()
-        self.earlier_failed: list[tuple[str, str]] = []  # (path, error) of failed records found on resume
+        self.earlier_failed = 0  # failed records found on resume
 
     def _found(self, rec: dict[str, Any]) -> None:
         self.done.add(rec["path"])
         if rec["error"]:
-            self.earlier_failed.append((rec["path"], rec["error"]))
+            self.earlier_failed += 1
 
     @abstractmethod
     def write(self, results: Sequence[FileResult]) -> None:
@@ -276,12 +276,11 @@ def _parts(path: Path) -> list[Path]:
 
 
 class ParquetWriter(PredictionWriter):
-    def __init__(self, path: Path, topk: int, resume: bool, rows_per_part: int | None = None,
-                 seconds_per_part: float | None = None) -> None:
+    def __init__(self, path: Path, topk: int, resume: bool) -> None:
         super().__init__(path, topk)
         self.pa, self.pq = _import_arrow()
-        self.rows_per_part = rows_per_part or PARQUET_ROWS_PER_PART
-        self.seconds_per_part = seconds_per_part or PARQUET_SECONDS_PER_PART
+        self.rows_per_part = PARQUET_ROWS_PER_PART
+        self.seconds_per_part = PARQUET_SECONDS_PER_PART
         self._buffer: list[dict[str, Any]] = []
         self._since = time.monotonic()
         if resume:

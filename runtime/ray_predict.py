@@ -28,7 +28,7 @@ import numpy as np
 from .api import artifact_kind
 from .errors import BackendError
 from .file_predict import (
-    DEFAULT_BATCH, FileResult, ResultStream, check_run_settings, predict_batch, throughput_options,
+    DEFAULT_BATCH, FileResult, ResultStream, check_run_settings, predict_batch, throughput_options, usable_cpus,
 )
 from .predict import Prediction
 
@@ -71,7 +71,7 @@ def connect(settings: RaySettings) -> bool:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if settings.address == LOCAL:
-            cpus = settings.local_cpus or len(os.sched_getaffinity(0))
+            cpus = settings.local_cpus or usable_cpus()
             ray.init(num_cpus=cpus, object_store_memory=settings.local_object_store_bytes, include_dashboard=False,
                      **quiet)
         else:
@@ -164,7 +164,6 @@ class RayPredictionStream(ResultStream):
         self.settings = settings or RaySettings()
         self.info: dict[str, Any] = {}
         self.cluster: dict[str, Any] = {}
-        self.startup_s = 0.0  # joining or starting the cluster and loading the artifact once for its facts
         self._started = False
 
     def _plan(self, ray: Any) -> tuple[int, float, float, dict[str, Any]]:
@@ -200,7 +199,7 @@ class RayPredictionStream(ResultStream):
             probe = ray.remote(num_cpus=cpus, num_gpus=gpus)(_facts)
             facts = _unwrap(ray, lambda: ray.get(probe.remote(self.artifact, self.backend, self.device, options)))
             self.info = facts["info"]
-            self.startup_s = time.perf_counter() - start
+            self.startup_s = time.perf_counter() - start  # joining the cluster, loading the artifact for its facts
             start = time.perf_counter()  # stats.wall_s: the pipeline alone
             _quiet_ray_data(ray)
             if not self.paths:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from . import app
 from .console import console, err_console
+from .options import BackendChoice, DeviceOpt, JsonOpt
 
 LISTED_FAILURES = 10  # failures shown in the summary table (all are in the output and the --json summary)
 
@@ -21,13 +22,6 @@ class OutputFormat(str, enum.Enum):
     jsonl = "jsonl"
     csv = "csv"
     parquet = "parquet"
-
-
-class BackendChoice(str, enum.Enum):
-    auto = "auto"
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    tensorrt = "tensorrt"
 
 
 def summary_table(summary) -> Table:  # noqa: ANN001 - PredictSummary, imported lazily
@@ -79,14 +73,13 @@ def predict_command(
         help="Processes that decode and preprocess ahead of inference; 0: in the main thread.")] = None,
     backend: Annotated[BackendChoice, typer.Option("--backend", help="Backend (auto: from the artifact).")
                        ] = BackendChoice.auto,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: the "
-                                                                    "backend's).")] = None,
+    device: DeviceOpt = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, help="CPU threads of the backend (PyTorch / ONNX Runtime intra-op).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run: files already in --out are skipped.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_out: JsonOpt = None,
     ray: Annotated[Optional[str], typer.Option(
         "--ray", metavar="ADDRESS", help="Run on Ray Data: 'local' starts a cluster on this machine, 'auto' "
                                          "joins this node's cluster, or HOST:6379 / ray://HOST:10001.")] = None,
@@ -103,14 +96,15 @@ def predict_command(
     from ..errors import ConfigError
     from ..outputs import Output, OutputKind, check_outputs
     from ..provenance import atomic_output
-    from ..runtime.errors import OutputError
-    from ..runtime.predict_job import predict_to_file
+    from ..runtime.predict_job import predict_to_file, run_record_path
 
     # Parquet outputs are folders of parts (and an output that exists may be resumed): the prediction file is
-    # checked against the inputs here, for existence/resume/format by predict_to_file.
+    # checked against the inputs here, for existence/resume/format by predict_to_file. The run record beside
+    # it is checked too, so that --json cannot name it.
     predictions = None if out is None or out.suffix.lower() == ".parquet" else out
-    check_outputs([Output(predictions, OutputKind.FILE), Output(json_out, OutputKind.JSON, "--json")],
-                  inputs=[artifact, *inputs])
+    record = None if out is None else run_record_path(out)
+    check_outputs([Output(predictions, OutputKind.FILE), Output(record, OutputKind.JSON, "the run record"),
+                   Output(json_out, OutputKind.JSON, "--json")], inputs=[artifact, *inputs])
     ray_settings = None
     if ray is not None:
         from ..runtime.ray_predict import RaySettings

@@ -156,7 +156,6 @@ class OnnxRuntimeBackend(Backend):
         self.path = path
         self.input_name = inp.name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.output_name = self.output_names[0]
         self.input_shape = inp.shape  # type: ignore[assignment]
         self.input_dtype = inp.dtype
         self.limits = BatchLimits(static=inp.static_batch)

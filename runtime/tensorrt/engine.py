@@ -115,7 +115,7 @@ def load_engine(
     plan, path, label = _read_plan(source)
     notes: list[str] = []
     if sidecar is None and path is not None and sidecar_path(path).is_file():
-        sidecar = read_sidecar(path)  # EngineMismatchError when corrupt or not this plan's
+        sidecar = read_sidecar(path, plan=plan)  # EngineMismatchError when corrupt or not this plan's
     if sidecar is None:
         if plan[:4] not in PLAN_MAGICS:
             raise ArtifactError(

@@ -83,7 +83,6 @@ class ExecutionPool:
         self._free: queue.Queue[Slot] = queue.Queue()
         for slot in self.slots:
             self._free.put(slot)
-        self.input_dtype = dtypes[input_name]
         self.runs = 0
         self._runs_lock = threading.Lock()
 

@@ -8,6 +8,7 @@ onnxscript or torch installed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -95,11 +96,14 @@ def write_sidecar(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> Pat
     return path
 
 
-def read_sidecar(engine_path: str | os.PathLike, *, verify_plan: bool = True) -> EngineSidecar:
+def read_sidecar(engine_path: str | os.PathLike, *, verify_plan: bool = True,
+                 plan: bytes | None = None) -> EngineSidecar:
     """Read and validate the sidecar of ``engine_path``.
 
     Raises :class:`EngineMismatchError` (saying how to rebuild) when the sidecar is missing or corrupt, or,
     with ``verify_plan``, when the plan is missing or is not the one the sidecar describes (its sha256).
+    ``plan``: the plan's bytes when the caller has read them already; they are checked instead of the file
+    (no second read, and the bytes checked are the bytes that get deserialised).
     """
     engine_path = Path(engine_path)
     path = sidecar_path(engine_path)
@@ -120,15 +124,20 @@ def read_sidecar(engine_path: str | os.PathLike, *, verify_plan: bool = True) ->
         raise EngineMismatchError(f"the sidecar {path} of engine {engine_path.name} is corrupt ({exc}); "
                                   f"{_rebuild_hint(command)}") from exc
     if verify_plan:
-        if not engine_path.is_file():
+        if plan is None and not engine_path.is_file():
             raise EngineMismatchError(f"engine {engine_path} does not exist (only its sidecar); "
                                       f"{_rebuild_hint(sidecar.command)}")
-        if engine_path.stat().st_size != sidecar.engine_bytes or sha256_file(engine_path) != sidecar.engine_sha256:
+        size = len(plan) if plan is not None else engine_path.stat().st_size
+        if size != sidecar.engine_bytes or _sha256(plan, engine_path) != sidecar.engine_sha256:
             raise EngineMismatchError(
                 f"engine {engine_path} is not the plan its sidecar describes (sha256 differs: replaced or an "
                 f"interrupted build); {_rebuild_hint(sidecar.command)}"
             )
     return sidecar
+
+
+def _sha256(plan: bytes | None, path: Path) -> str:
+    return hashlib.sha256(plan).hexdigest() if plan is not None else sha256_file(path)
 
 
 def check_sidecar(
