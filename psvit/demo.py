@@ -7,7 +7,6 @@ is kept as a row with the reason, never dropped silently.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -174,7 +173,7 @@ def run_demo(
     """
     from . import pipeline
     from .checkpoint import load_checkpoint
-    from .provenance import atomic_output
+    from .provenance import write_json
     from .runtime import from_model, load
     from .runtime.bench import bench
 
@@ -251,6 +250,5 @@ def run_demo(
             })
     result.seconds["latency"] = time.perf_counter() - t0
     result.seconds["total"] = time.perf_counter() - t_all
-    with atomic_output(out_dir / SUMMARY, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    write_json(out_dir / SUMMARY, result.to_dict())
     return result

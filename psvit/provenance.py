@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -71,3 +73,12 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, record: Any) -> Path:
+    """``record`` as indented JSON at ``path``, written atomically; serialised first, so a value that JSON
+    cannot hold writes nothing (``default=str`` turns paths and enums into text)."""
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    with atomic_output(path, suffix=".json") as tmp:
+        tmp.write_text(text)
+    return Path(path)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..provenance import atomic_output, package_versions, sha256_file
+from ..provenance import package_versions, sha256_file, write_json
 from .errors import OutputError
 from .file_inputs import find_images
 from .file_predict import (
@@ -97,9 +97,7 @@ def _check_resumable(record_path: Path, expected: dict[str, Any]) -> dict[str, A
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:
-    text = json.dumps(record, indent=2, default=str) + "\n"
-    with atomic_output(path, suffix=".json") as tmp:
-        tmp.write_text(text)
+    write_json(path, record)
 
 
 class _Output:

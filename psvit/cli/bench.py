@@ -1,7 +1,6 @@
 """``psvit-export bench ARTIFACT...``: trtexec-style latency statistics over batch sizes, one comparison table."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -83,7 +82,7 @@ def bench_command(
     """Latency per batch size: mean/median/p90/p95/p99/min/max, CoV, throughput; compute vs end-to-end."""
     from ..errors import require
     from ..outputs import Output, OutputKind, check_outputs
-    from ..provenance import atomic_output
+    from ..provenance import write_json
     from ..runtime.bench import bench
     from ..runtime.errors import RuntimeInputError
     from ..runtime.profiler import parse_warmup
@@ -107,8 +106,7 @@ def bench_command(
         if t.layers:
             console.print(layers_table(t))
     if json_out is not None:
-        with atomic_output(json_out, suffix=".json") as tmp:
-            tmp.write_text(json.dumps(report.to_dict(), indent=2))
+        write_json(json_out, report.to_dict())
         say(f"wrote {json_out}")
     if plot is not None:
         from ..runtime.plots import plot_report

@@ -3,7 +3,6 @@ an FP32-vs-INT8 accuracy report and optional per-layer sensitivity."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -55,7 +54,7 @@ def calibrate_command(
     from ..calibration import default_cache_path, load_calibration_set, quantize_onnx
     from ..errors import ArtifactError, DataError
     from ..outputs import Output, OutputKind, check_outputs
-    from ..provenance import atomic_output
+    from ..provenance import write_json
 
     calib_method = deprecated_alias("--method", "--calib-method", method_old, calib_method)
     calib_cache = deprecated_alias("--cache", "--calib-cache", cache_old, calib_cache)
@@ -130,8 +129,7 @@ def calibrate_command(
             hint = " ".join(f"--exclude '^{n}$'" for n in sens.suggested_exclusions)
             console.print(f"suggested exclusions (* above): {hint}", highlight=False, markup=False)
     if json_out is not None:
-        with atomic_output(json_out, suffix=".json") as tmp:
-            tmp.write_text(json.dumps(report, indent=2, default=str))
+        write_json(json_out, report)
 
 
 def _log(msg: str) -> None:

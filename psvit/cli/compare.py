@@ -2,7 +2,6 @@
 engine), each run by :mod:`psvit.runtime`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -42,7 +41,7 @@ def compare_command(
     from ..export.verify import compare, require_close
     from ..errors import PSViTError
     from ..outputs import Output, OutputKind, check_outputs
-    from ..provenance import atomic_output
+    from ..provenance import write_json
 
     if max_rel_error is not None and not max_rel_error > 0:
         raise PSViTError(f"--max-rel-error must be a positive number (e.g. 1e-3), got {max_rel_error:g}")
@@ -66,6 +65,5 @@ def compare_command(
                       "-" if o.top1_agreement is None else f"{o.top1_agreement:.1%}")
     console.print(table)
     if json_out is not None:
-        with atomic_output(json_out, suffix=".json") as tmp:
-            tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        write_json(json_out, result.to_dict())
     require_close(result, "B vs A")

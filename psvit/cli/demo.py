@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .console import console, note, say, warn
+from .console import console, note, warn
 from .options import ThreadsOpt
 
 
@@ -62,13 +62,10 @@ def demo_command(
     from ..demo import SUMMARY, run_demo
     from .bench import parse_batches
 
-    def say(message: str) -> None:
-        note(message)
-
     result = run_demo(out, heldout=heldout, batches=tuple(parse_batches(batch)), iters=iters, warmup=warmup,
-                      engines=engines, force=force, threads=threads, log=say)
+                      engines=engines, force=force, threads=threads, log=note)
     for table in demo_tables(result):
         console.print(table)
     for s in result.skipped:
         warn(f"{s['what']}: {s['why']}", "skipped:")
-    say(f"wrote {result.out / SUMMARY} ({result.seconds['total']:.0f} s)")
+    note(f"wrote {result.out / SUMMARY} ({result.seconds['total']:.0f} s)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,8 +58,7 @@ def loadtest_command(
     """Throughput and latency per concurrency level, the server's queue vs compute time; exit 1 on mismatches."""
     from ..errors import require
     from ..outputs import Output, OutputKind, check_outputs
-    from ..provenance import atomic_output
-    from ..serve.errors import LoadTestError
+    from ..provenance import write_json
     from ..serve.loadgen import parse_concurrency, run_loadtest
 
     levels = parse_concurrency(concurrency)
@@ -76,8 +74,7 @@ def loadtest_command(
                           log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
     console.print(sweep_table(report))
     if json_out is not None:
-        with atomic_output(json_out, suffix=".json") as tmp:
-            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        write_json(json_out, report.to_dict())
         err_console.print(f"wrote {escape(str(json_out))}", highlight=False)
     if plot is not None:
         from ..serve.plots import plot_sweeps

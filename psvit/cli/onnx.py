@@ -1,7 +1,6 @@
 """``psvit-export onnx SOURCE --out FILE``: export to ONNX (FP32/FP16) and verify against PyTorch."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,7 +45,7 @@ def onnx_command(
     """Export to ONNX with static token counts, check the graph and verify it against PyTorch."""
     from ..export import export_onnx
     from ..outputs import Output, OutputKind, check_outputs
-    from ..provenance import atomic_output
+    from ..provenance import write_json
 
     report = deprecated_alias("--report", "--json", report_old, json_out)
     check_outputs([Output(out, OutputKind.ONNX), Output(report, OutputKind.JSON, "--json")],  # before the export
@@ -94,5 +93,4 @@ def onnx_command(
     for w in result.warnings:
         warn(w)
     if report is not None:
-        with atomic_output(report, suffix=".json") as tmp:
-            tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        write_json(report, result.to_dict())

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -95,7 +94,7 @@ def predict_command(
     """Top-k labels for image files: pipelined decoding, streamed to a resumable file, optional Ray scale-out."""
     from ..errors import ConfigError
     from ..outputs import Output, OutputKind, check_outputs
-    from ..provenance import atomic_output
+    from ..provenance import write_json
     from ..runtime.predict_job import predict_to_file, run_record_path
 
     # Parquet outputs are folders of parts (and an output that exists may be resumed): the prediction file is
@@ -141,7 +140,5 @@ def predict_command(
         err_console.print(f"... and {len(summary.failed) - LISTED_FAILURES} more (their records in the output "
                           f"have an error)", highlight=False)
     if json_out is not None:
-        text = json.dumps(summary.to_dict(), indent=2, default=str) + "\n"
-        with atomic_output(json_out, suffix=".json") as tmp:
-            tmp.write_text(text)
+        write_json(json_out, summary.to_dict())
         err_console.print(f"wrote {escape(str(json_out))}", highlight=False)

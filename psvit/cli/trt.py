@@ -1,7 +1,6 @@
 """``psvit-export trt SOURCE --out FILE``: a TensorRT / TensorRT-RTX engine plus its sidecar ``FILE.json``."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -79,7 +78,7 @@ def trt_command(
     from .. import pipeline
     from ..artifacts import sidecar_path
     from ..outputs import Output, OutputKind, check_outputs
-    from ..provenance import atomic_output
+    from ..provenance import write_json
 
     optimization_level = deprecated_alias("--opt-level", "--optimization-level", opt_level_old, optimization_level)
     # The pipeline checks the engine, sidecar and intermediate files; --json is this command's own.
@@ -131,5 +130,4 @@ def trt_command(
     for w in result.warnings:
         warn(w)
     if json_out is not None:
-        with atomic_output(json_out, suffix=".json") as tmp:
-            tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        write_json(json_out, result.to_dict())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...artifacts import sidecar_path
-from ...provenance import atomic_output, sha256_file
+from ...provenance import sha256_file, write_json
 from ..errors import EngineMismatchError
 from .library import normalise_flavour
 
@@ -91,8 +91,7 @@ def _rebuild_hint(command: str | None) -> str:
 def write_sidecar(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> Path:
     """Write ``FILE.json`` for the engine ``FILE`` atomically."""
     path = sidecar_path(engine_path)
-    with atomic_output(path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(sidecar.to_dict(), indent=2, default=str) + "\n")
+    write_json(path, sidecar.to_dict())
     return path
 
 
