@@ -31,8 +31,8 @@ from ..errors import require
 from ..outputs import Output, OutputKind, check_output
 from .errors import ServeError
 from .environment import prepare_process_environment
+from .repository import DEFAULT_MAX_BATCH
 
-DEFAULT_MAX_BATCH = 32
 # Triton endpoints PyTriton guards with its access token. The statistics endpoint is left open (read-only,
 # and the load generator reads queue vs compute times from it); model loading/unloading, shared memory,
 # tracing and logging settings stay closed.
@@ -56,9 +56,13 @@ class ServeOptions:
     log_file: str | None = None  # tritonserver's own log; None: a file in the temp folder (named when ready)
     log_verbose: int = 0
 
+    def ports(self) -> tuple[tuple[str, int], ...]:
+        """(option, port) of the HTTP, gRPC and metrics endpoints."""
+        return (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                ("--metrics-port", self.metrics_port))
+
     def check(self) -> None:
-        for label, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
-                            ("--metrics-port", self.metrics_port)):
+        for label, port in self.ports():
             if not 0 < port < 65536:
                 raise ServeError(f"{label} {port} is not a TCP port (1..65535)")
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
@@ -158,8 +162,7 @@ def serve(rt: Any, options: ServeOptions = ServeOptions(), log: Callable[[str], 
     # The instances share this one Runtime: ONNX Runtime on CPU runs concurrent calls in parallel; GPU
     # backends serialise calls per Runtime (rt.concurrency), so there more instances overlap only
     # the Python work around the calls.
-    for option, port in (("--http-port", options.http_port), ("--grpc-port", options.grpc_port),
-                         ("--metrics-port", options.metrics_port)):
+    for option, port in options.ports():
         check_port_free(options.host, port, option)
     prepare_process_environment()
     log_file = Path(options.log_file or Path(tempfile.gettempdir()) / f"psvit-serve-{os.getpid()}.log")
