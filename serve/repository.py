@@ -210,15 +210,16 @@ def write_repository(
     check_output_folder(repo)
     names = model_names(artifacts, name)
     # Everything is read and checked before anything is written.
-    plans: list[tuple[str, Path, ModelFacts, int]] = []
+    plans: list[tuple[str, Path, ModelFacts, pbtxt.Batching]] = []
     for model_name, artifact in zip(names, artifacts):
         facts = read_facts(artifact)
-        mb = resolve_max_batch(facts, max_batch)
-        pbtxt.Batching(mb, max_queue_delay_us, tuple(preferred_batch), instances).check()
+        batching = pbtxt.Batching(resolve_max_batch(facts, max_batch), max_queue_delay_us, tuple(preferred_batch),
+                                  instances)
+        batching.check()
         if image_models and not facts.preprocess:
             raise ServeError(f"{artifact} records no preprocessing, so no image model can be made for it; "
                              f"re-export it with `psvit-export onnx`, or pass --no-image-models")
-        plans.append((model_name, Path(artifact), facts, mb))
+        plans.append((model_name, Path(artifact), facts, batching))
     roles = ("model", "preprocess", "postprocess", "image") if image_models else ("model",)
     folder_names = {n: {r: n if r == "model" else f"{n}_{r}" for r in roles} for n in names}
     existing = [repo / f for d in folder_names.values() for f in d.values() if (repo / f).exists()]
@@ -229,9 +230,9 @@ def write_repository(
     result = Repository(path=repo)
     with tempfile.TemporaryDirectory(prefix=f".{repo.name}.", dir=repo.parent) as tmp_dir:
         staged: list[tuple[Path, Path]] = []
-        for model_name, artifact, facts, mb in plans:
+        for model_name, artifact, facts, batching in plans:
             folders = folder_names[model_name]
-            batching = pbtxt.Batching(mb, max_queue_delay_us, tuple(preferred_batch), instances)
+            mb = batching.max_batch
             k = min(topk, facts.num_classes)
             stage = Path(tmp_dir) / model_name
             main = stage / folders["model"]
