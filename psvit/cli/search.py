@@ -76,7 +76,6 @@ def search_command(
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write pareto.png.")] = True,
 ) -> None:
     """Search pooling and sharing under a latency budget measured on the target."""
-    from ..data import check_fraction
     from ..preprocessing import Preprocess
     from ..registry import get_config
     from ..search.errors import SearchError
@@ -93,7 +92,6 @@ def search_command(
         winner_init=winner_init.value, calibration_size=calibration_size, eval_images=eval_images,
         train_device=train_device.value, supernet_init=supernet_init, supernet_lr=supernet_lr,
     )
-    check_fraction(val_fraction)
     prepare_output_path(out)  # before loading data and minutes of work
     if plot:
         require_plot()
