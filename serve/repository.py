@@ -52,9 +52,6 @@ class RepositoryModel:
     folders: dict[str, Path]  # role ("model", "preprocess", "postprocess", "image") -> folder
     max_batch: int
 
-    def config_path(self, role: str = "model") -> Path:
-        return self.folders[role] / "config.pbtxt"
-
 
 @dataclass
 class Repository:
