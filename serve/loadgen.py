@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from .errors import LoadTestError
+from .errors import LoadTestError, check_at_least
 
 PROTOCOLS = ("http", "grpc")
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
@@ -320,12 +320,10 @@ def run_loadtest(
         raise LoadTestError("give --requests or --duration, not both")
     if requests is None and duration is None:
         requests = 500
-    if requests is not None and requests < 1:
-        raise LoadTestError(f"--requests must be at least 1, got {requests}")
+    check_at_least([("--requests", requests, 1)], LoadTestError)
     if duration is not None and duration <= 0:
         raise LoadTestError(f"--duration must be positive, got {duration}")
-    if batch < 1:
-        raise LoadTestError(f"--batch must be at least 1, got {batch}")
+    check_at_least([("--batch", batch, 1)], LoadTestError)
     levels = parse_concurrency(concurrency)
     say = log or (lambda _m: None)
     target = _Target(protocol, url, model, timeout_s)

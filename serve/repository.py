@@ -29,7 +29,7 @@ from typing import Any
 
 from ..provenance import check_output_folder, package_versions, sha256_file
 from . import pbtxt
-from .errors import ServeError
+from .errors import ServeError, check_at_least
 from .facts import ModelFacts, read_facts
 
 FORMAT = "psvit-triton/1"
@@ -95,8 +95,7 @@ def resolve_max_batch(facts: ModelFacts, requested: int | None) -> int:
     limit = facts.max_batch
     if requested is None:
         return limit or DEFAULT_MAX_BATCH
-    if requested < 1:
-        raise ServeError(f"--max-batch must be at least 1, got {requested}")
+    check_at_least([("--max-batch", requested, 1)])
     if limit is not None and requested > limit:
         raise ServeError(f"--max-batch {requested} exceeds the engine profile's max batch {limit}; use at most "
                          f"{limit} or rebuild the engine with a larger --batch range")
@@ -199,8 +198,7 @@ def write_repository(
     """
     if not artifacts:
         raise ServeError("give at least one artifact (.onnx or engine)")
-    if topk < 1:
-        raise ServeError(f"--topk must be at least 1, got {topk}")
+    check_at_least([("--topk", topk, 1)])
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise ServeError(f"--repo {repo} is a file; give a folder (it is created if missing)")

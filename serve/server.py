@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import require
 from ..outputs import Output, OutputKind, check_output
-from .errors import ServeError
+from .errors import ServeError, check_at_least
 from .environment import prepare_process_environment
 from .repository import DEFAULT_MAX_BATCH
 
@@ -67,16 +67,9 @@ class ServeOptions:
                 raise ServeError(f"{label} {port} is not a TCP port (1..65535)")
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
             raise ServeError("--http-port, --grpc-port and --metrics-port must differ")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ServeError(f"--max-batch must be at least 1, got {self.max_batch}")
-        if self.max_queue_delay_ms < 0:
-            raise ServeError(f"--max-queue-delay-ms must be >= 0, got {self.max_queue_delay_ms}")
-        if self.instances < 1:
-            raise ServeError(f"--instances must be at least 1, got {self.instances}")
-        if self.topk < 1:
-            raise ServeError(f"--topk must be at least 1, got {self.topk}")
-        if self.exit_timeout_s < 0:
-            raise ServeError(f"--exit-timeout must be >= 0, got {self.exit_timeout_s}")
+        check_at_least((("--max-batch", self.max_batch, 1), ("--max-queue-delay-ms", self.max_queue_delay_ms, 0),
+                        ("--instances", self.instances, 1), ("--topk", self.topk, 1),
+                        ("--exit-timeout", self.exit_timeout_s, 0)))
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
