@@ -99,7 +99,8 @@ def search_command(
         raise SearchError(f"--synthetic-count must be at least 20 (2 per class), got {synthetic_count}")
     cfg = get_config(base)
     dataset = _load_data(data, synthetic_count, seed, Preprocess.from_config(cfg))
-    command = shlex.join(["psvit-export", "search", *sys.argv[2:]]) if len(sys.argv) > 2 else "psvit-export search"
+    # sys.argv is this command only when run from the shell (not through psvit.cli.main([...]) in Python)
+    command = shlex.join(["psvit-export", "search", *(sys.argv[2:] if sys.argv[1:2] == ["search"] else [])])
     record = run_search(settings, dataset, out, command=command, plot=plot,
                         log=lambda m: err_console.print(m, highlight=False, markup=False))
 
