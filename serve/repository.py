@@ -96,10 +96,15 @@ def resolve_max_batch(facts: ModelFacts, requested: int | None) -> int:
     if requested is None:
         return limit or DEFAULT_MAX_BATCH
     check_at_least([("--max-batch", requested, 1)])
-    if limit is not None and requested > limit:
+    check_within_profile(requested, limit)
+    return requested
+
+
+def check_within_profile(requested: int | None, limit: int | None) -> None:
+    """Refuse a ``--max-batch`` above an engine profile's max batch (``limit``; None: no limit)."""
+    if requested is not None and limit is not None and requested > limit:
         raise ServeError(f"--max-batch {requested} exceeds the engine profile's max batch {limit}; use at most "
                          f"{limit} or rebuild the engine with a larger --batch range")
-    return requested
 
 
 def _engine_notes(facts: ModelFacts) -> list[str]:

@@ -31,7 +31,7 @@ from ..errors import require
 from ..outputs import Output, OutputKind, check_output
 from .errors import ServeError, check_at_least
 from .environment import prepare_process_environment
-from .repository import DEFAULT_MAX_BATCH
+from .repository import DEFAULT_MAX_BATCH, check_within_profile
 
 # Triton endpoints PyTriton guards with its access token. The statistics endpoint is left open (read-only,
 # and the load generator reads queue vs compute times from it); model loading/unloading, shared memory,
@@ -89,9 +89,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
 def served_max_batch(rt: Any, requested: int | None) -> int:
     """Rows per execution: ``requested`` (default 32), within an engine profile's max."""
     limit = rt.backend.limits.max_batch
-    if requested is not None and limit is not None and requested > limit:
-        raise ServeError(f"--max-batch {requested} exceeds the engine profile's max batch {limit}; use at most "
-                         f"{limit} or rebuild the engine with a larger --batch range")
+    check_within_profile(requested, limit)
     chosen = requested or DEFAULT_MAX_BATCH
     return min(chosen, limit) if limit is not None else chosen
 
