@@ -104,7 +104,7 @@ class Evolution:
         """Run (or continue, from ``state_path``) and return the final state with the Pareto front."""
         say = log or (lambda _m: None)
         state = json.loads(state_path.read_text()) if state_path.is_file() else self._fresh_state()
-        archive = {Evaluated.from_dict(d).candidate.key: Evaluated.from_dict(d) for d in state["archive"]}
+        archive = {e.candidate.key: e for e in map(Evaluated.from_dict, state["archive"])}
         if state["generation"]:
             say(f"search: resuming after generation {state['generation']}/{self._rounds()}")
         rng = np.random.default_rng()

@@ -17,7 +17,6 @@ stated error is the leave-one-out relative error on the calibration set.
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
@@ -301,16 +300,9 @@ def calibrate(space: SearchSpace, target: LatencyTarget, rng: np.random.Generato
     return {"candidates": [c.to_dict() for c in design], "latency_ms": measured, "model": model.to_dict()}
 
 
-def load_calibration(record: dict[str, Any]) -> LatencyModel:
-    return LatencyModel.from_dict(record["model"])
-
-
 def min_predicted(space: SearchSpace, model: LatencyModel, target: LatencyTarget, rng: np.random.Generator,
                   limit: int = 20000) -> float:
     """The smallest predicted latency in the space (exact when it has at most ``limit`` candidates)."""
     cands = space.enumerate() if space.size() <= limit else (space.sample(rng) for _ in range(limit))
     return min(model.predict(space.to_config(c), target) for c in cands)
 
-
-def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, indent=2, sort_keys=True)

@@ -206,7 +206,8 @@ def run_search(
         require_plot()
     base_cfg = get_config(settings.base, num_classes=data.num_classes)
     space = SearchSpace(base_cfg)
-    resumed = prepare_folder(out, settings_record(settings, data))
+    saved_settings = settings_record(settings, data)
+    resumed = prepare_folder(out, saved_settings)
     ctx = _Context(settings, space, out, say, on_checkpoint or (lambda _s, _i: None))
     target = settings.target
     say(f"{'resuming' if resumed else 'starting'} the search around {settings.base}: {space.size()} candidates "
@@ -301,7 +302,7 @@ def run_search(
         "batch": target.batch, "target": target.to_dict(), "latency_budget_ms": settings.latency_budget_ms,
         "versions": package_versions("torch", "onnx", "onnxruntime", "onnxscript", "numpy"),
         "settings": settings.to_dict(), "command": command,
-        "data": settings_record(settings, data)["data"], "classes": list(data.class_names), "split": {
+        "data": saved_settings["data"], "classes": list(data.class_names), "split": {
             "val_fraction": settings.val_fraction, "seed": settings.seed, "train_images": len(train_data),
             "heldout_images": len(heldout), "ranking_images": len(ranking)},
         "space": {"size": space.size(), "description": space.describe()},

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import require
 from ..provenance import atomic_output
+from ..runtime.plots import save_figure
 
 FORMAT = "psvit-search/1"
 
@@ -54,10 +55,4 @@ def plot_pareto(record: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"search around {record['base']}: {len(cands)} candidates, {len(record['pareto'])} on the front")
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_output(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

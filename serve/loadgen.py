@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from .errors import LoadTestError
+from .errors import LoadTestError, check_at_least
 
 PROTOCOLS = ("http", "grpc")
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
@@ -172,6 +172,13 @@ class _Target:
         return result.as_numpy(output), rid
 
 
+def _unreachable(target: _Target, exc: Exception) -> LoadTestError:
+    """The error for a server or model that does not answer its metadata request."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return LoadTestError(f"cannot reach model {target.model!r} at {target.url} over {target.protocol} ({detail}); "
+                         f"start a server with `psvit-export serve ARTIFACT` or check --model and the port")
+
+
 async def _close(client: Any) -> None:
     res = client.close()
     if asyncio.iscoroutine(res):
@@ -186,9 +193,7 @@ async def _sweep(target: _Target, levels: list[int], requests: int | None, durat
         try:
             meta = await target.metadata(probe)
         except Exception as exc:  # InferenceServerException, connection refused...
-            raise LoadTestError(f"cannot reach model {target.model!r} at {target.url} over {target.protocol} "
-                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); start a server "
-                                f"with `psvit-export serve ARTIFACT` or check --model and the port") from exc
+            raise _unreachable(target, exc) from exc
         inputs, outputs = meta.get("inputs", []), meta.get("outputs", [])
         if len(inputs) != 1 or inputs[0].get("datatype") not in _NUMPY or not outputs:
             raise LoadTestError(f"model {target.model!r} takes {[(i.get('name'), i.get('datatype')) for i in inputs]}; "
@@ -315,12 +320,10 @@ def run_loadtest(
         raise LoadTestError("give --requests or --duration, not both")
     if requests is None and duration is None:
         requests = 500
-    if requests is not None and requests < 1:
-        raise LoadTestError(f"--requests must be at least 1, got {requests}")
+    check_at_least([("--requests", requests, 1)], LoadTestError)
     if duration is not None and duration <= 0:
         raise LoadTestError(f"--duration must be positive, got {duration}")
-    if batch < 1:
-        raise LoadTestError(f"--batch must be at least 1, got {batch}")
+    check_at_least([("--batch", batch, 1)], LoadTestError)
     levels = parse_concurrency(concurrency)
     say = log or (lambda _m: None)
     target = _Target(protocol, url, model, timeout_s)
@@ -354,8 +357,7 @@ def _server_shape(target: _Target) -> list[int]:
         try:
             meta = await target.metadata(client)
         except Exception as exc:
-            raise LoadTestError(f"cannot reach model {target.model!r} at {target.url} over {target.protocol} ({exc})"
-                                ) from exc
+            raise _unreachable(target, exc) from exc
         finally:
             await _close(client)
         return [int(d) for d in meta["inputs"][0]["shape"]][1:]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import require
-from .errors import ServeError
+from .errors import ServeError, check_at_least
 from .facts import ModelFacts
 
 LABELS_FILE = "labels.txt"
@@ -37,12 +37,8 @@ class Batching:
     instances: int = 1
 
     def check(self) -> None:
-        if self.max_batch < 1:
-            raise ServeError(f"--max-batch must be at least 1, got {self.max_batch}")
-        if self.max_queue_delay_us < 0:
-            raise ServeError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
-        if self.instances < 1:
-            raise ServeError(f"--instances must be at least 1, got {self.instances}")
+        check_at_least((("--max-batch", self.max_batch, 1), ("--max-queue-delay-us", self.max_queue_delay_us, 0),
+                        ("--instances", self.instances, 1)))
         bad = [b for b in self.preferred if not 1 <= b <= self.max_batch]
         if bad:
             raise ServeError(f"--preferred-batch {bad} outside 1..{self.max_batch} (the max batch)")

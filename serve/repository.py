@@ -29,7 +29,7 @@ from typing import Any
 
 from ..provenance import check_output_folder, package_versions, sha256_file
 from . import pbtxt
-from .errors import ServeError
+from .errors import ServeError, check_at_least
 from .facts import ModelFacts, read_facts
 
 FORMAT = "psvit-triton/1"
@@ -51,9 +51,6 @@ class RepositoryModel:
     facts: ModelFacts
     folders: dict[str, Path]  # role ("model", "preprocess", "postprocess", "image") -> folder
     max_batch: int
-
-    def config_path(self, role: str = "model") -> Path:
-        return self.folders[role] / "config.pbtxt"
 
 
 @dataclass
@@ -98,12 +95,16 @@ def resolve_max_batch(facts: ModelFacts, requested: int | None) -> int:
     limit = facts.max_batch
     if requested is None:
         return limit or DEFAULT_MAX_BATCH
-    if requested < 1:
-        raise ServeError(f"--max-batch must be at least 1, got {requested}")
-    if limit is not None and requested > limit:
+    check_at_least([("--max-batch", requested, 1)])
+    check_within_profile(requested, limit)
+    return requested
+
+
+def check_within_profile(requested: int | None, limit: int | None) -> None:
+    """Refuse a ``--max-batch`` above an engine profile's max batch (``limit``; None: no limit)."""
+    if requested is not None and limit is not None and requested > limit:
         raise ServeError(f"--max-batch {requested} exceeds the engine profile's max batch {limit}; use at most "
                          f"{limit} or rebuild the engine with a larger --batch range")
-    return requested
 
 
 def _engine_notes(facts: ModelFacts) -> list[str]:
@@ -202,23 +203,23 @@ def write_repository(
     """
     if not artifacts:
         raise ServeError("give at least one artifact (.onnx or engine)")
-    if topk < 1:
-        raise ServeError(f"--topk must be at least 1, got {topk}")
+    check_at_least([("--topk", topk, 1)])
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise ServeError(f"--repo {repo} is a file; give a folder (it is created if missing)")
     check_output_folder(repo)
     names = model_names(artifacts, name)
     # Everything is read and checked before anything is written.
-    plans: list[tuple[str, Path, ModelFacts, int]] = []
+    plans: list[tuple[str, Path, ModelFacts, pbtxt.Batching]] = []
     for model_name, artifact in zip(names, artifacts):
         facts = read_facts(artifact)
-        mb = resolve_max_batch(facts, max_batch)
-        pbtxt.Batching(mb, max_queue_delay_us, tuple(preferred_batch), instances).check()
+        batching = pbtxt.Batching(resolve_max_batch(facts, max_batch), max_queue_delay_us, tuple(preferred_batch),
+                                  instances)
+        batching.check()
         if image_models and not facts.preprocess:
             raise ServeError(f"{artifact} records no preprocessing, so no image model can be made for it; "
                              f"re-export it with `psvit-export onnx`, or pass --no-image-models")
-        plans.append((model_name, Path(artifact), facts, mb))
+        plans.append((model_name, Path(artifact), facts, batching))
     roles = ("model", "preprocess", "postprocess", "image") if image_models else ("model",)
     folder_names = {n: {r: n if r == "model" else f"{n}_{r}" for r in roles} for n in names}
     existing = [repo / f for d in folder_names.values() for f in d.values() if (repo / f).exists()]
@@ -229,9 +230,9 @@ def write_repository(
     result = Repository(path=repo)
     with tempfile.TemporaryDirectory(prefix=f".{repo.name}.", dir=repo.parent) as tmp_dir:
         staged: list[tuple[Path, Path]] = []
-        for model_name, artifact, facts, mb in plans:
+        for model_name, artifact, facts, batching in plans:
             folders = folder_names[model_name]
-            batching = pbtxt.Batching(mb, max_queue_delay_us, tuple(preferred_batch), instances)
+            mb = batching.max_batch
             k = min(topk, facts.num_classes)
             stage = Path(tmp_dir) / model_name
             main = stage / folders["model"]

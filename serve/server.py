@@ -29,10 +29,10 @@ import numpy as np
 
 from ..errors import require
 from ..outputs import Output, OutputKind, check_output
-from .errors import ServeError
+from .errors import ServeError, check_at_least
 from .environment import prepare_process_environment
+from .repository import DEFAULT_MAX_BATCH, check_within_profile
 
-DEFAULT_MAX_BATCH = 32
 # Triton endpoints PyTriton guards with its access token. The statistics endpoint is left open (read-only,
 # and the load generator reads queue vs compute times from it); model loading/unloading, shared memory,
 # tracing and logging settings stay closed.
@@ -56,23 +56,20 @@ class ServeOptions:
     log_file: str | None = None  # tritonserver's own log; None: a file in the temp folder (named when ready)
     log_verbose: int = 0
 
+    def ports(self) -> tuple[tuple[str, int], ...]:
+        """(option, port) of the HTTP, gRPC and metrics endpoints."""
+        return (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                ("--metrics-port", self.metrics_port))
+
     def check(self) -> None:
-        for label, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
-                            ("--metrics-port", self.metrics_port)):
+        for label, port in self.ports():
             if not 0 < port < 65536:
                 raise ServeError(f"{label} {port} is not a TCP port (1..65535)")
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
             raise ServeError("--http-port, --grpc-port and --metrics-port must differ")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ServeError(f"--max-batch must be at least 1, got {self.max_batch}")
-        if self.max_queue_delay_ms < 0:
-            raise ServeError(f"--max-queue-delay-ms must be >= 0, got {self.max_queue_delay_ms}")
-        if self.instances < 1:
-            raise ServeError(f"--instances must be at least 1, got {self.instances}")
-        if self.topk < 1:
-            raise ServeError(f"--topk must be at least 1, got {self.topk}")
-        if self.exit_timeout_s < 0:
-            raise ServeError(f"--exit-timeout must be >= 0, got {self.exit_timeout_s}")
+        check_at_least((("--max-batch", self.max_batch, 1), ("--max-queue-delay-ms", self.max_queue_delay_ms, 0),
+                        ("--instances", self.instances, 1), ("--topk", self.topk, 1),
+                        ("--exit-timeout", self.exit_timeout_s, 0)))
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
@@ -92,9 +89,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
 def served_max_batch(rt: Any, requested: int | None) -> int:
     """Rows per execution: ``requested`` (default 32), within an engine profile's max."""
     limit = rt.backend.limits.max_batch
-    if requested is not None and limit is not None and requested > limit:
-        raise ServeError(f"--max-batch {requested} exceeds the engine profile's max batch {limit}; use at most "
-                         f"{limit} or rebuild the engine with a larger --batch range")
+    check_within_profile(requested, limit)
     chosen = requested or DEFAULT_MAX_BATCH
     return min(chosen, limit) if limit is not None else chosen
 
@@ -158,8 +153,7 @@ def serve(rt: Any, options: ServeOptions = ServeOptions(), log: Callable[[str], 
     # The instances share this one Runtime: ONNX Runtime on CPU runs concurrent calls in parallel; GPU
     # backends serialise calls per Runtime (rt.concurrency), so there more instances overlap only
     # the Python work around the calls.
-    for option, port in (("--http-port", options.http_port), ("--grpc-port", options.grpc_port),
-                         ("--metrics-port", options.metrics_port)):
+    for option, port in options.ports():
         check_port_free(options.host, port, option)
     prepare_process_environment()
     log_file = Path(options.log_file or Path(tempfile.gettempdir()) / f"psvit-serve-{os.getpid()}.log")

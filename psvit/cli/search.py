@@ -76,7 +76,6 @@ def search_command(
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write pareto.png.")] = True,
 ) -> None:
     """Search pooling and sharing under a latency budget measured on the target."""
-    from ..data import check_fraction
     from ..preprocessing import Preprocess
     from ..registry import get_config
     from ..search.errors import SearchError
@@ -93,7 +92,6 @@ def search_command(
         winner_init=winner_init.value, calibration_size=calibration_size, eval_images=eval_images,
         train_device=train_device.value, supernet_init=supernet_init, supernet_lr=supernet_lr,
     )
-    check_fraction(val_fraction)
     prepare_output_path(out)  # before loading data and minutes of work
     if plot:
         require_plot()
@@ -101,7 +99,8 @@ def search_command(
         raise SearchError(f"--synthetic-count must be at least 20 (2 per class), got {synthetic_count}")
     cfg = get_config(base)
     dataset = _load_data(data, synthetic_count, seed, Preprocess.from_config(cfg))
-    command = shlex.join(["psvit-export", "search", *sys.argv[2:]]) if len(sys.argv) > 2 else "psvit-export search"
+    # sys.argv is this command only when run from the shell (not through psvit.cli.main([...]) in Python)
+    command = shlex.join(["psvit-export", "search", *(sys.argv[2:] if sys.argv[1:2] == ["search"] else [])])
     record = run_search(settings, dataset, out, command=command, plot=plot,
                         log=lambda m: err_console.print(m, highlight=False, markup=False))
 

@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from . import app
 from .console import err_console
+from .options import BackendChoice, DeviceOpt, ThreadsOpt
 
 
 @app.command("serve")
@@ -28,9 +29,10 @@ def serve_command(
         "--no-dynamic-batching", help="One request per execution (Triton's default scheduler).")] = False,
     instances: Annotated[int, typer.Option(help="Model instances (threads calling the runtime).")] = 1,
     topk: Annotated[int, typer.Option(help="Classes returned by NAME_image.")] = 5,
-    backend: Annotated[str, typer.Option(help="auto | torch | onnxruntime | tensorrt.")] = "auto",
-    device: Annotated[Optional[str], typer.Option(help="cpu | cuda | cuda:N (default: the backend's).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads of the runtime (intra-op).")] = None,
+    backend: Annotated[BackendChoice, typer.Option(help="Backend [default: auto, from the artifact].")
+                       ] = BackendChoice.auto,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     exit_timeout: Annotated[int, typer.Option(
         "--exit-timeout", help="Seconds to let in-flight requests finish on SIGTERM/SIGINT.")] = 30,
     log_file: Annotated[Optional[str], typer.Option(
@@ -61,6 +63,6 @@ def serve_command(
                           f"{'on' if info['dynamic_batching'] else 'off'}; server log {escape(info['log_file'])}; "
                           f"SIGTERM or Ctrl-C stops", highlight=False)
 
-    with load(artifact, backend=backend, device=device, **({"threads": threads} if threads else {})) as rt:
+    with load(artifact, backend=backend.value, device=device, **({"threads": threads} if threads else {})) as rt:
         serve(rt, options, log=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False), on_ready=ready)
     err_console.print("stopped: in-flight requests answered, server shut down", highlight=False)
