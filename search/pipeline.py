@@ -27,14 +27,14 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..data import LabeledImages, check_fraction, split_indices
 from ..preprocessing import Preprocess
-from ..provenance import check_output_folder, package_versions, sha256_file
+from ..provenance import check_output_folder, package_versions, sha256_file, write_json
 from ..registry import create_model, get_config
 from ..stats import count_macs, model_stats
 from ..train import TrainRecipe, evaluate, torch_threads, train, training_metadata
 from .errors import BudgetError, SearchError
 from .evolution import Evaluated, Evolution
 from .latency import LatencyMeter, LatencyModel, LatencyTarget, calibrate, min_predicted
-from .results import FORMAT, plot_pareto, write_json
+from .results import FORMAT, plot_pareto
 from .space import Candidate, SearchSpace
 from .supernet import Supernet, SubnetView
 from .training import train_supernet

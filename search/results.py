@@ -2,23 +2,14 @@
 and versions) and ``pareto.png`` (accuracy vs latency; needs the ``plot`` extra)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import require
-from ..provenance import atomic_output
 from ..runtime.plots import save_figure
 
 FORMAT = "psvit-search/1"
-
-
-def write_json(path: Path, record: dict[str, Any]) -> Path:
-    text = json.dumps(record, indent=2, default=str) + "\n"  # serialise first: a TypeError writes nothing
-    with atomic_output(path, suffix=".json") as tmp:
-        tmp.write_text(text)
-    return path
 
 
 def plot_pareto(record: dict[str, Any], path: str | os.PathLike) -> Path:
