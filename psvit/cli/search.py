@@ -81,7 +81,7 @@ def search_command(
     from ..search.errors import SearchError
     from ..search.latency import LatencyTarget
     from ..search.pipeline import SearchSettings, prepare_output_path, require_plot, run_search
-    from .train import SYNTHETIC, _load_data
+    from .train import SYNTHETIC, load_training_data
 
     target = LatencyTarget(backend=backend.value, device=device.value, batch=batch, threads=threads,
                            shared_attention=shared_attention.value)
@@ -98,7 +98,7 @@ def search_command(
     if synthetic_count is not None and synthetic_count < 20:
         raise SearchError(f"--synthetic-count must be at least 20 (2 per class), got {synthetic_count}")
     cfg = get_config(base)
-    dataset = _load_data(data, synthetic_count, seed, Preprocess.from_config(cfg))
+    dataset = load_training_data(data, synthetic_count, seed, Preprocess.from_config(cfg))
     # sys.argv is this command only when run from the shell (not through psvit.cli.main([...]) in Python)
     command = shlex.join(["psvit-export", "search", *(sys.argv[2:] if sys.argv[1:2] == ["search"] else [])])
     record = run_search(settings, dataset, out, command=command, plot=plot,

@@ -22,7 +22,7 @@ SYNTHETIC = "synthetic"
 DEFAULT_SYNTHETIC_COUNT = 8000
 
 
-def _load_data(data: str, synthetic_count: int | None, seed: int, preprocess: Preprocess) -> LabeledImages:
+def load_training_data(data: str, synthetic_count: int | None, seed: int, preprocess: Preprocess) -> LabeledImages:
     if data == SYNTHETIC:
         from ..data.synthetic import load_synthetic
 
@@ -95,7 +95,7 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
         hflip=(data == SYNTHETIC) if flip is None else flip,
     )
-    dataset = _load_data(data, synthetic_count, seed, preprocess)
+    dataset = load_training_data(data, synthetic_count, seed, preprocess)
     train_idx, heldout_idx = split_indices(dataset.labels, val_fraction, seed)
     held = (f"{len(heldout_idx)} held out" if len(heldout_idx)
             else "none held out (--val-fraction 0): no held-out accuracy will be measured")
