@@ -69,3 +69,18 @@ def load_fp32_model(path: str | os.PathLike) -> Fp32Model:
         path=path, metadata=meta, preprocess=dict(meta["psvit.preprocess"]), input_name=inp.name,
         input_shape=(int(dims[1]), int(dims[2]), int(dims[3])), static_batch=dims[0],
     )
+
+
+def quantization_graph(path: str | os.PathLike) -> Any:
+    """The graph quantization and its sensitivity analysis work on: the FP32 export with each block's Q, K
+    and V projections merged into one GEMM (:mod:`.merge_gemms`) and every node named (the recipe and
+    ``--exclude`` refer to nodes by name)."""
+    import onnx
+
+    from ..export.onnx_io import name_nodes
+    from .merge_gemms import merge_sibling_gemms
+
+    proto = onnx.load(str(path))
+    merge_sibling_gemms(proto)
+    name_nodes(proto)
+    return proto

@@ -25,8 +25,7 @@ from .collect import calibrate_ranges, quiet_ort
 from .data import DEFAULT_BATCH, CalibSpec, load_calibration_set, require_data
 from .errors import CalibrationError
 from .methods import ORT_METHOD, check_method, count_warning, ort_extra_options, parameters
-from .model import Fp32Model, load_fp32_model
-from ..export.onnx_io import name_nodes
+from .model import Fp32Model, load_fp32_model, quantization_graph
 from .progress import ProgressCallback, peak_rss_bytes
 from .recipe import OP_TYPES, Recipe, plan_recipe
 
@@ -188,8 +187,7 @@ def quantize_onnx(
             warnings.append(too_few)
             say(f"warning: {too_few}")
 
-        proto = onnx.load(str(fp32.path))
-        name_nodes(proto)
+        proto = quantization_graph(fp32.path)
         recipe = plan_recipe(proto, quantize_qk=quantize_qk, exclude=tuple(exclude))
         model_in = tmp / "named.onnx"
         onnx.save(proto, str(model_in))

@@ -53,18 +53,17 @@ def layer_sensitivity(
     """
     import onnx
 
-    from ..export.onnx_io import name_nodes
     from ..export.verify import compare_outputs, outputs_of
     from ..provenance import sha256_file
     from ..runtime import load
+    from .model import quantization_graph
     from .quantize import ort_quantize
     from .recipe import plan_recipe
 
     cache = read_cache(cache_path)
     if cache["model_sha256"] != sha256_file(fp32_path):
         raise CalibrationError(f"calibration cache {cache_path} belongs to another model; calibrate first")
-    proto = onnx.load(str(fp32_path))
-    name_nodes(proto)
+    proto = quantization_graph(fp32_path)
     recipe = plan_recipe(proto, quantize_qk=quantize_qk, exclude=exclude)
     with load(fp32_path, name="FP32") as reference:  # (N, classes) once, against every candidate
         ref_name, ref_out = reference.name, outputs_of(reference, images)

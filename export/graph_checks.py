@@ -5,8 +5,9 @@
 - after shape inference with data propagation every dimension is concrete except the batch;
 - one Softmax per distinct attention map in ``map`` stages (plus one per sharing block in ``qk`` stages),
   and each shared map feeds the A·V MatMul of every block that shares it;
-- no duplicated initializers (by content hash) and one weight MatMul/Gemm per Linear layer (``qk`` mode
-  reuses Q and K instead of projecting them again);
+- no duplicated initializers (by content hash) and exactly the weight MatMul/Gemm nodes the model's forward
+  runs (:meth:`PSViT.weight_gemms`: one per Linear layer, three for the Q, K and V rows of an attention's
+  ``qkv``; ``qk`` mode reuses Q and K instead of projecting them again);
 - the patterns backends fuse (:func:`fusable_patterns`): one GELU per MLP, as the ``Gelu`` op or the erf
   form ONNX Runtime's GeluFusion matches, read directly from ``fc1``'s bias Add (ORT: ``BiasGelu``), and
   every Q·Kᵀ product scaled by a constant right at the product (ORT: ``FusedMatMul``; TensorRT's attention
@@ -282,7 +283,7 @@ def check_graph(
     modes: tuple[str, ...],
     batch: int | None,
     batch_symbol: str = "batch",
-    linear_layers: int | None = None,
+    weight_gemms: int | None = None,
     raise_on_problem: bool = True,
 ) -> GraphReport:
     """Run every structural check; raise :class:`GraphCheckError` listing all problems (or just report).
@@ -291,7 +292,8 @@ def check_graph(
         model: the model or its path (use the path for models with external data).
         modes: shared-attention mode per stage, as exported.
         batch: the fixed batch, or None when the batch is the symbolic ``batch_symbol``.
-        linear_layers: number of Linear layers in the PyTorch model; checked against weight MatMuls.
+        weight_gemms: the weight products of the PyTorch model's forward (``PSViT.weight_gemms()``);
+            checked against the weight MatMul/Gemm nodes.
     """
     import onnx
 
@@ -335,14 +337,15 @@ def check_graph(
         )
     if dups:
         problems.append(f"{len(dups)} group(s) of duplicated initializers, e.g. {dups[0]}")
-    if linear_layers is not None and weights != linear_layers:
-        problems.append(f"{weights} weight MatMul/Gemm nodes for {linear_layers} Linear layers (duplicated projections?)")
+    if weight_gemms is not None and weights != weight_gemms:
+        problems.append(f"{weights} weight MatMul/Gemm nodes for the model's {weight_gemms} weight products "
+                        f"(duplicated projections?)")
     problems += pattern_problems(patterns, config.depth)
     report = GraphReport(
         nodes=len(model.graph.node), op_counts=ops, shape_ops=shape_ops, symbolic_dims=symbolic,
         softmax=len(consumers), expected_softmax=n_softmax, softmax_consumers=consumers,
         expected_softmax_consumers=expected_consumers, duplicated_initializers=dups,
-        weight_matmuls=weights, expected_weight_matmuls=linear_layers, patterns=patterns.to_dict(),
+        weight_matmuls=weights, expected_weight_matmuls=weight_gemms, patterns=patterns.to_dict(),
         problems=problems,
     )
     if problems and raise_on_problem:

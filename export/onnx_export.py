@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ..runtime import from_model, load
 from .errors import ExportError, GraphCheckError, VerificationError
@@ -63,10 +62,6 @@ class ExportResult:
             "external_data": str(self.external_data) if self.external_data else None,
             "seconds": self.seconds, "warnings": self.warnings,
         }
-
-
-def _linear_layers(model: torch.nn.Module) -> int:
-    return sum(isinstance(m, torch.nn.Linear) for m in model.modules())
 
 
 def _verification_summary(comparisons: list[Comparison]) -> str:
@@ -179,7 +174,7 @@ def export_onnx(
         say("checking the graph")
         # the in-memory proto is what was just written; only external weights need the file
         report = check_graph(tmp if external else proto, config=cfg, modes=plan.modes, batch=fixed_batch,
-                             batch_symbol=BATCH_SYMBOL, linear_layers=_linear_layers(src.model),
+                             batch_symbol=BATCH_SYMBOL, weight_gemms=src.model.weight_gemms(),
                              raise_on_problem=False)
         times["checks"] = time.perf_counter() - t0
         if report.problems:

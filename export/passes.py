@@ -1,7 +1,8 @@
 """Graph clean-up after tracing: constant folding, the default rewrite rules, lifting constants to
 initializers and de-duplicating them by content; then the GELU form backends fuse.
 
-This is onnxscript's default optimizer minus common-subexpression elimination: in ``qk`` mode a sharing
+This is onnxscript's default optimizer, with views of weights (slices, transposes) folded whatever their
+size, minus common-subexpression elimination: in ``qk`` mode a sharing
 block recomputes ``softmax(Q Kᵀ)`` from the same Q and K as its predecessor, and CSE would merge the two
 back into one shared map (silently turning ``qk`` into ``map``). Without CSE the ``map`` graphs come out
 node-for-node the same, so nothing else is lost.
@@ -32,7 +33,10 @@ def optimize_graph(model: "ir.Model", iterations: int = 2) -> None:
 
     common.InlinePass()(model)
     for _ in range(iterations):
-        onnxscript.optimizer.fold_constants_ir(model, onnx_shape_inference=True)
+        # Every constant in a PSViT graph is a weight or derived from one: a folded weight view is stored
+        # whatever its size (the default keeps results over 262,144 elements unfolded: a 576x576 Q slice).
+        onnxscript.optimizer.fold_constants_ir(model, onnx_shape_inference=True, should_fold=_fold_weight_views,
+                                               output_size_limit=1 << 62)
         onnxscript.rewriter.rewrite(model)  # default rules; also removes unused nodes
     if model.opset_imports.get("", GELU_OP_OPSET) < GELU_OP_OPSET:
         onnxscript.rewriter.rewrite(model, pattern_rewrite_rules=_fusable_erf_gelu_rules())
@@ -44,6 +48,18 @@ def optimize_graph(model: "ir.Model", iterations: int = 2) -> None:
         common.OutputFixPass(),
         common.NameFixPass(),
     )(model)
+
+
+# Ops that only select or reorder the elements of a weight: folded whatever the weight's size (onnxscript folds
+# large inputs of Transpose only, and only when the weight has no other reader; the exportable attention slices
+# Q, K and V out of one ``qkv`` weight that three Slices read).
+_WEIGHT_VIEW_OPS = frozenset({"Slice", "Split", "Transpose", "Squeeze", "Unsqueeze", "Reshape"})
+
+
+def _fold_weight_views(node: "ir.Node") -> bool | None:
+    """``should_fold`` of onnxscript's constant folding: True for a view op of constants (all of its inputs
+    are constant when it is asked), None (the default rules) for everything else."""
+    return True if node.domain == "" and node.op_type in _WEIGHT_VIEW_OPS else None
 
 
 def _scalar(value: "ir.Value") -> float | None:

@@ -121,10 +121,15 @@ class Attention(nn.Module):
         may need this block's map then)."""
         if class_only and self.provides is not None:
             raise RuntimeError("class_only attention cannot hand its map on: its queries are the class token's")
-        # One GEMM for Q, K and V: INT8 Q/DQ then quantizes its input once for one integer GEMM (ONNX Runtime
-        # does not fuse Q/DQ into integer GEMMs that share a quantized input).
-        q, k, v = self.qkv(x).split([self.dim] * 3, dim=-1)  # each (N, B, D); sizes: valid below opset 18
-        q = split_heads(q[:1] if class_only else q, self.heads) * self.scale  # (B, H, Nq, hd)
+        # Three GEMMs on the rows of ``qkv`` instead of one GEMM and a Split: the Split's copy of the whole
+        # (N, B, 3D) product is gone, and a class-only block projects the class token's query only.
+        d, w, b = self.dim, self.qkv.weight, self.qkv.bias  # w (3D, D): rows of Q, K, V
+        # Slices, not chunk(): the exporter folds single-output Slices of weights into initializers.
+        w_q, w_k, w_v = w[:d], w[d:2 * d], w[2 * d:]  # each (D, D)
+        b_q, b_k, b_v = (b[:d], b[d:2 * d], b[2 * d:]) if b is not None else (None, None, None)
+        q = F.linear(x[:1] if class_only else x, w_q, b_q)  # (Nq, B, D)
+        k, v = F.linear(x, w_k, b_k), F.linear(x, w_v, b_v)  # each (N, B, D)
+        q = split_heads(q, self.heads) * self.scale  # (B, H, Nq, hd)
         k, v = split_heads(k, self.heads), split_heads(v, self.heads)  # each (B, H, N, hd)
         attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, Nq, N)
         out = merge_heads(attn @ v)  # (Nq, B, D)
@@ -328,6 +333,13 @@ class PSViT(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def weight_gemms(self) -> int:
+        """How many products with a weight matrix ``forward`` runs: one per Linear layer, three for the Q, K
+        and V rows of an exportable attention's ``qkv`` (the count an exported graph's MatMul/Gemm nodes
+        on initializers must match)."""
+        linear = sum(isinstance(m, nn.Linear) for m in self.modules())
+        return linear + sum(2 for m in self.modules() if isinstance(m, Attention) and m.tokens_first)
 
     def set_shared_attention(self, mode: str | Sequence[str]) -> None:
         """Choose per stage how a shared map reaches its sharers: ``"map"`` (A computed once and reused)

@@ -64,11 +64,10 @@ def _axis(node) -> int | None:
 
 
 def _fp32_kinds(fp32: Path) -> dict[str, str]:
-    from psvit.export.onnx_io import name_nodes
+    """The kinds of the graph quantization starts from: Q, K and V merged into one GEMM, nodes named."""
+    from psvit.calibration.model import quantization_graph
 
-    m = onnx.load(str(fp32))
-    name_nodes(m)
-    return classify(m)
+    return classify(quantization_graph(fp32))
 
 
 # ---- placement --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from psvit.export.graph_checks import (
 from psvit.export.inputs import random_images
 from psvit.runtime import from_model, load
 from psvit.export.sources import ModelSource
+from psvit.model import Attention
 
 # 1d pooling with max then avg, a chain of three blocks on one map (2 shares 3 and 4), and a pair in stage 2.
 CHAIN_1D = PSViTConfig(
@@ -117,9 +118,13 @@ def test_chain_of_three_shares_one_map(graphs):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_full_graph_checks(graphs, key, precision):
     case = graphs[key]
-    linear = sum(isinstance(m, torch.nn.Linear) for m in case["src"].model.modules())
-    report = check_graph(case[precision], config=case["src"].config, modes=case["src"].model.shared_attention,
-                         batch=None, linear_layers=linear)
+    model = case["src"].model
+    # one product per Linear layer, Q, K and V projected from the rows of qkv by three
+    gemms = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) + 2 * sum(
+        isinstance(m, Attention) for m in model.modules())
+    assert model.weight_gemms() == gemms
+    report = check_graph(case[precision], config=case["src"].config, modes=model.shared_attention,
+                         batch=None, weight_gemms=gemms)
     assert report.ok, report.problems
     assert duplicated_initializers(case[precision]) == []
     onnx.checker.check_model(case[precision], full_check=True)

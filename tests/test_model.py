@@ -201,13 +201,13 @@ def test_wrong_input_shape_is_explained():
 
 def _class_only_saving(cfg, mode: str) -> int:
     """MACs the last block skips when it computes the class token only (exportable ``forward``): for the
-    n - 1 patch tokens' queries, the output projection, the MLP and, in a block with its own map, Q·Kᵀ and
-    A·V. The Q/K/V projection runs for every token (one GEMM), and a sharer's A·V for every row (its map
-    feeds the product directly)."""
+    n - 1 patch tokens' queries, the output projection, the MLP and, in a block with its own map, the Q
+    projection, Q·Kᵀ and A·V. K and V are projected for every token, and a sharer's A·V runs for every row
+    (its map feeds the product directly)."""
     n, d = cfg.tokens[-1], cfg.dims[-1]
     per_query = d * d + 2 * d * int(d * cfg.mlp_ratio)  # proj, fc1 + fc2
     if cfg.depth - 1 not in cfg.share:
-        per_query += 2 * n * d  # Q·Kᵀ and A·V
+        per_query += d * d + 2 * n * d  # Q projection, Q·Kᵀ and A·V
     return (n - 1) * per_query
 
 
