@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    from psvit.calibration.model import load_fp32_model
-    from psvit.export.onnx_io import name_nodes
+    from psvit.calibration.model import load_fp32_model, quantization_graph
 
     counts = [int(c) for c in args.counts.split(",")]
     methods = [m for m in args.methods.split(",") if m]
@@ -63,10 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = Path(tmpdir)
         path = fp32_onnx(args.model, work)
         fp32 = load_fp32_model(path)
-        proto = onnx.load(str(path))
-        name_nodes(proto)
         model = work / "named.onnx"
-        onnx.save(proto, str(model))
+        onnx.save(quantization_graph(path), str(model))  # the graph calibration streams through
         for method in methods:
             ref = ranges_of(model, fp32, method, args.reference, work)
             for count in counts:

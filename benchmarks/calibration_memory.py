@@ -62,16 +62,14 @@ def child_reference(args: argparse.Namespace) -> dict[str, Any]:
     from psvit.calibration.collect import quiet_ort
     from psvit.calibration.data import load_calibration_set
     from psvit.calibration.methods import ENTROPY_BINS, NUM_BINS, PERCENTILE, mse_threshold
-    from psvit.calibration.model import load_fp32_model
+    from psvit.calibration.model import load_fp32_model, quantization_graph
     from psvit.calibration.recipe import OP_TYPES
-    from psvit.export.onnx_io import name_nodes
 
     work = Path(args.work)
     fp32 = load_fp32_model(args.fp32)
     images = load_calibration_set("synthetic", preprocess=fp32.preprocess, input_shape=fp32.input_shape,
                                   count=args.count).take(args.count)  # (N, C, H, W), all in memory
-    proto = onnx.load(str(fp32.path))
-    name_nodes(proto)
+    proto = quantization_graph(fp32.path)  # the graph calibration streams through
     model = work / "reference_named.onnx"
     onnx.save(proto, str(model))
 

@@ -173,9 +173,14 @@ def detect_artifact(spec: str | os.PathLike | bytes) -> Artifact:
         return _detect_bytes(bytes(spec), "the bytes given")
     text = str(spec)
     path = Path(text)
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ArtifactError(f"{text[:120]}{'...' if len(text) > 120 else ''} is not a usable path "
+                            f"({exc.strerror}); expected {ACCEPTED}") from exc
+    if is_dir:
         raise ArtifactError(f"{text} is a folder; expected {ACCEPTED}")
-    if path.is_file():
+    if is_file:
         try:
             size = path.stat().st_size
             with open(path, "rb") as f:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st  # noqa: E402
 from psvit.calibration import load_calibration_set, quantize_onnx  # noqa: E402
 from psvit.calibration.collect import StreamingCalibrator, quiet_ort  # noqa: E402
 from psvit.calibration.methods import MIN_IMAGES  # noqa: E402
-from psvit.calibration.model import load_fp32_model  # noqa: E402
+from psvit.calibration.model import load_fp32_model, quantization_graph  # noqa: E402
 from psvit.calibration.recipe import OP_TYPES  # noqa: E402
 
 POOL = 40  # synthetic calibration images the property tests draw counts from
@@ -31,12 +31,9 @@ PROPERTY = settings(max_examples=10, deadline=None, derandomize=True)  # derando
 
 
 def _named(fp32: Path, folder: Path) -> Path:
-    from psvit.export.onnx_io import name_nodes
-
-    proto = onnx.load(str(fp32))
-    name_nodes(proto)
+    """The graph calibration streams through (Q, K, V merged, nodes named), saved to ``folder``."""
     path = folder / "named.onnx"
-    onnx.save(proto, str(path))
+    onnx.save(quantization_graph(fp32), str(path))
     return path
 
 
