@@ -13,8 +13,10 @@ Exportable models (``exportable=True``) compute the same function in the layout 
 tokens are token-major, (N, B, D), from the patch embedding to the head, so the per-head (B, H, N, hd) views
 of Q, K and V are permutations that backends fold into their batched products (ONNX Runtime:
 ``FusedMatMul`` with transposed batch dimensions) instead of copying, and the class token is ``x[:1]``.
-``forward`` of an exportable model computes the last block for the class token only (the head reads
-nothing else): the same logits without the last block's work on patch tokens (its keys and values excepted).
+Q, K and V are three GEMMs on the rows of the ``qkv`` weight (no Split copying the (N, B, 3D) product; INT8
+quantization merges them back into one GEMM: :mod:`psvit.calibration.merge_gemms`). ``forward`` of an
+exportable model computes the last block for the class token only (the head reads nothing else): the same
+logits without the last block's work on patch tokens (its keys and values excepted).
 """
 from __future__ import annotations
 

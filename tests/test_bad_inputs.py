@@ -391,6 +391,13 @@ CLI_CASES = [
                                                                  (t / "d.safetensors").symlink_to(t / "d"))),
     # onnx: outputs checked before the export ({onnx}: the demo model's FP32 ONNX, copied to the case folder)
     CliCase("onnx-out-is-the-source", ["onnx", "{onnx}", "--out", "{onnx}"], "is also an input of this command"),
+    # names longer than the file system allows (255 bytes per name on Linux): the system's words, shortened
+    CliCase("onnx-source-name-too-long", ["onnx", "{tmp}/" + "m" * 300 + ".safetensors", "--out", "{tmp}/m.onnx"],
+            r"File name too long: .*\.\.\..*\(\d+ characters\); use a shorter file or folder name"),
+    CliCase("onnx-out-name-too-long", ["onnx", "demo", "--out", "{tmp}/" + "o" * 300 + ".onnx"],
+            r"File name too long: .*use a shorter file or folder name"),
+    CliCase("predict-image-name-too-long", ["predict", "demo", "{tmp}/" + "p" * 300 + ".png"],
+            r"File name too long: .*use a shorter file or folder name"),
     CliCase("onnx-out-is-a-folder", ["onnx", "demo", "--out", "{tmp}/d"], r"is a folder; name a file in it",
             setup=lambda t: (t / "d").mkdir()),
     CliCase("onnx-out-wrong-suffix", ["onnx", "demo", "--out", "{tmp}/m.txt"],

@@ -3,6 +3,7 @@ the modules register their commands when this package is imported, so ``psvit.cl
 (``typer.testing.CliRunner().invoke(psvit.cli.app, ["info"])`` works)."""
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -30,6 +31,21 @@ from . import info, data, train, onnx, compare, inspect, trt, calibrate, bench, 
 from . import predict, search, triton, serve, loadtest  # noqa: E402,F401
 
 
+# The file system refusing a path the user gave: too long, not allowed, read-only, full, a file where a folder
+# should be (and back), a symlink loop. Other OSErrors are bugs and keep their traceback.
+_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                          errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+
+
+def _path_error(exc: OSError) -> str:
+    """One line for an OSError on a user's path: what the system said and the path (shortened)."""
+    name = str(exc.filename or "")
+    short = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]} ({len(name)} characters)"
+    hint = {errno.ENAMETOOLONG: "use a shorter file or folder name",
+            errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere"}
+    return f"{exc.strerror}: {short}" + (f"; {hint[exc.errno]}" if exc.errno in hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one clear message and exit 2, never a traceback.
 
@@ -44,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             app(args=argv, prog_name="psvit-export")
         except PSViTError as exc:
             error(str(exc))
+            return 2
+        except OSError as exc:
+            if exc.errno not in _PATH_ERRNOS:
+                raise  # not about a path the user gave: a bug, with its traceback
+            error(_path_error(exc))
             return 2
         except SystemExit as exc:  # click ends standalone runs with sys.exit (130 after KeyboardInterrupt)
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
