@@ -135,10 +135,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                         help="wall time, or the CPU time of the calling thread (needs --threads 1: ORT then computes "
                              "in it; robust against other processes' load, blind to parallel speed-ups)")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
+                        help="also time this ONNX file of the same DeiT variant in the same interleaved rounds, e.g. "
+                             "a previous export (before=old.onnx); it must hold the same weights (the random "
+                             "weights of 'deit_small' are seeded): its outputs are compared with timm's")
     parser.add_argument("--json", type=Path, default=None,
                         help="output JSON (default: benchmarks/results/onnx_cpu_<cpu model>.json)")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    also = []
+    for spec in args.also:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            parser.error(f"--also {spec!r}: expected LABEL=PATH of an existing ONNX file")
+        also.append((label, Path(path)))
     if args.clock == "thread" and args.threads != 1:
         parser.error("--clock thread measures the calling thread only: add --threads 1")
 
@@ -147,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from psvit.export import export_onnx
     from psvit.export.fusions import onnxruntime_fusions
+    from psvit.provenance import sha256_file
     from psvit.runtime import load
 
     console = Console(width=max(Console().width, 140))
@@ -165,7 +176,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         export_timm_deit(args.deit, ours.source.model.state_dict(), timm_path)
         size = ours.source.config.img_size
         parity = rel_l2(ours.path, timm_path, size)
-        artifacts = [(args.deit, OURS, ours.path), (args.deit, TIMM, timm_path)]
+        artifacts = [(args.deit, OURS, ours.path), (args.deit, TIMM, timm_path), *((args.deit, lb, p) for lb, p in also)]
+        also_parity = {label: rel_l2(path, timm_path, size) for label, path in also}
+        for label, value in also_parity.items():
+            if value > 1e-4:
+                raise SystemExit(f"--also {label}: its outputs differ from timm's by {value:.2e} relative L2: "
+                                 f"not the same weights")
         for mode in ("map", "qk", "auto") if args.psvit else ():
             console.print(f"[dim]exporting {args.psvit} shared attention {mode}...[/]")
             r = export_onnx(args.psvit, tmp / f"{args.psvit}.{mode}.onnx", shared_attention=mode, count=2)
@@ -201,6 +217,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for b in batches:
         ratios[f"{args.deit} ours/timm b{b}"] = (pick(args.deit, OURS, b)["median_ms"]
                                                  / pick(args.deit, TIMM, b)["median_ms"])
+        for label, _path in also:
+            ratios[f"{args.deit} {label}/timm b{b}"] = (pick(args.deit, label, b)["median_ms"]
+                                                        / pick(args.deit, TIMM, b)["median_ms"])
+            ratios[f"{args.deit} ours/{label} b{b}"] = (pick(args.deit, OURS, b)["median_ms"]
+                                                        / pick(args.deit, label, b)["median_ms"])
         if args.psvit:
             ratios[f"{args.psvit} qk/map b{b}"] = (pick(args.psvit, "sharing qk", b)["median_ms"]
                                                    / pick(args.psvit, "sharing map", b)["median_ms"])
@@ -235,6 +256,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{' '.join(f'{v:.2f}' for v in env['loadavg_end'])}")
     result = {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
               "rows": rows, "ratios": ratios, "ours_vs_timm_rel_l2": parity,
+              "also": {label: {"path": str(path), "sha256": sha256_file(path), "vs_timm_rel_l2": also_parity[label]}
+                       for label, path in also},
               "profile_batch": max(batches), "profile_side_by_side": compared, "profiles": profiles,
               "fusions": fusions}
     suffix = (f"_threads{args.threads}" if args.threads else "") + ("_cputime" if args.clock == "thread" else "")

@@ -79,6 +79,9 @@ def test_onnx_cpu_help_and_helpers(capsys):
     assert [r["op"] for r in rows] == ["total", "MatMul", "Erf", "BiasGelu"]
     assert rows[0]["timm"] == {"ms_per_run": 11.0, "calls_per_run": 8} and rows[0]["ours"]["ms_per_run"] == 9.0
     assert rows[2]["ours"] is None and rows[3]["timm"] is None
+    with pytest.raises(SystemExit) as exc:  # refused before any export
+        onnx_cpu.main(["--also", "before=/no/such.onnx"])
+    assert exc.value.code == 2 and "expected LABEL=PATH of an existing ONNX file" in capsys.readouterr().err
 
 
 def test_search_benchmark_kendall_tau():
