@@ -36,13 +36,29 @@ def _ints(weights: dict[str, Any], name: str) -> list[int] | None:
     return [int(v) for v in numpy_helper.to_array(weights[name]).reshape(-1)] if name in weights else None
 
 
+def _ranks(model: "onnx.ModelProto") -> dict[str, int]:
+    """Rank of every inferred tensor, from a copy without the weights' data: shape inference serializes the
+    model it is given, and a whole copy of the weights would raise calibration's peak memory."""
+    import onnx
+    from onnx import helper
+
+    small = [i for i in model.graph.initializer if i.ByteSize() <= 1 << 16]
+    kept = {i.name for i in small}  # reshape targets and the like: their values matter
+    weights = [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+               for i in model.graph.initializer if i.name not in kept]
+    graph = helper.make_graph(model.graph.node, "ranks", [*model.graph.input, *weights], model.graph.output,
+                              initializer=small)
+    skeleton = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in inferred.graph.value_info}
+
+
 def merge_sibling_gemms(model: "onnx.ModelProto") -> int:
     """Merge, in place, every group of two or more MatMuls that multiply one activation (or a Slice of its
     leading axes) by constant 2-D weights, each followed by its own Add of a 1-D constant bias (or none of
     them), into ``MatMul(x, [W1 W2 ...]) -> Add([b1 b2 ...]) -> Split`` (and the Slice after it); the outputs
     keep the names the group produced, so the rest of the graph is untouched. Returns the groups merged."""
     import numpy as np
-    import onnx
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -53,8 +69,7 @@ def merge_sibling_gemms(model: "onnx.ModelProto") -> int:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     output_names = {o.name for o in graph.output}
-    ranks = {v.name: len(v.type.tensor_type.shape.dim)
-             for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    ranks = _ranks(model)
 
     def row_slice_source(name: str) -> tuple[str, Any] | tuple[None, None]:
         """(input, Slice) when ``name`` is a Slice of leading axes only, read by one node."""

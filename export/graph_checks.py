@@ -269,7 +269,7 @@ def pattern_problems(patterns: FusablePatterns, mlps: int) -> list[str]:
 
 
 def weight_matmul_count(model: "onnx.ModelProto") -> int:
-    """MatMul/Gemm nodes that multiply by an initializer (one per Linear layer in a clean export)."""
+    """MatMul/Gemm nodes that multiply by an initializer (in a clean export, ``PSViT.weight_gemms()``)."""
     weights = {i.name for i in model.graph.initializer}
     # FP16 graphs may cast a weight before a node kept in FP32: a Cast of a weight is a weight too.
     weights |= {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in weights}

@@ -31,19 +31,26 @@ from . import info, data, train, onnx, compare, inspect, trt, calibrate, bench, 
 from . import predict, search, triton, serve, loadtest  # noqa: E402,F401
 
 
-# The file system refusing a path the user gave: too long, not allowed, read-only, full, a file where a folder
-# should be (and back), a symlink loop. Other OSErrors are bugs and keep their traceback.
-_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-                          errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+# The file system refusing a path the user gave, and what to do about it. Other OSErrors are bugs and keep
+# their traceback.
+_PATH_FIXES = {
+    errno.ENAMETOOLONG: "use a shorter file or folder name",
+    errno.EACCES: "check the permissions, or use a path you may read and write",
+    errno.EPERM: "check the permissions, or use a path you may read and write",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "name a file, not a folder",
+    errno.ELOOP: "the path has a loop of symbolic links",
+}
 
 
 def _path_error(exc: OSError) -> str:
-    """One line for an OSError on a user's path: what the system said and the path (shortened)."""
+    """One line for an OSError on a user's path: what the system said, the path (shortened), the fix."""
     name = str(exc.filename or "")
     short = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]} ({len(name)} characters)"
-    hint = {errno.ENAMETOOLONG: "use a shorter file or folder name",
-            errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere"}
-    return f"{exc.strerror}: {short}" + (f"; {hint[exc.errno]}" if exc.errno in hint else "")
+    return f"{exc.strerror}: {short}; {_PATH_FIXES[exc.errno]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             error(str(exc))
             return 2
         except OSError as exc:
-            if exc.errno not in _PATH_ERRNOS:
+            if exc.errno not in _PATH_FIXES:
                 raise  # not about a path the user gave: a bug, with its traceback
             error(_path_error(exc))
             return 2

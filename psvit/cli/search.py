@@ -14,7 +14,9 @@ from . import app
 from .console import console, err_console
 
 
-class Backend(str, enum.Enum):
+class SearchBackend(str, enum.Enum):
+    """Where latency is measured: no 'auto' (the search needs one fixed target)."""
+
     onnxruntime = "onnxruntime"
     tensorrt = "tensorrt"
     torch = "torch"
@@ -25,7 +27,9 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
-class SharedAttention(str, enum.Enum):
+class SearchSharing(str, enum.Enum):
+    """One export mode for every candidate: no 'auto'."""
+
     map = "map"
     qk = "qk"
 
@@ -44,11 +48,12 @@ def search_command(
         "--latency-budget-ms", help="Latency budget per batch on the target, ms.")],
     out: Annotated[Path, typer.Option(
         "--out", help="Search folder: created, or resumed when it holds this search.")],
-    backend: Annotated[Backend, typer.Option(help="Runtime the latency is measured on.")] = Backend.onnxruntime,
+    backend: Annotated[SearchBackend, typer.Option(
+        help="Runtime the latency is measured on.")] = SearchBackend.onnxruntime,
     device: Annotated[Device, typer.Option(help="Device of the target.")] = Device.cpu,
     batch: Annotated[int, typer.Option(help="Batch size the latency is measured at.")] = 1,
-    shared_attention: Annotated[SharedAttention, typer.Option(
-        help="How sharing blocks are exported (latency).")] = SharedAttention.map,
+    shared_attention: Annotated[SearchSharing, typer.Option(
+        help="How sharing blocks are exported (latency).")] = SearchSharing.map,
     supernet_epochs: Annotated[int, typer.Option(help="Supernet training epochs.")] = 20,
     population: Annotated[int, typer.Option(help="Candidates per generation.")] = 20,
     generations: Annotated[int, typer.Option(help="Generations of the evolution.")] = 10,
