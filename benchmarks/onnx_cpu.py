@@ -15,6 +15,9 @@ and after, threads, versions. Random weights (latency does not depend on them). 
 
 On a shared machine, ``--threads 1 --clock thread`` times the CPU time of the calling thread instead
 (``..._threads1_cputime.json``): robust against other processes' load, blind to parallel speed-ups.
+``--repeat N`` loads every session afresh N times (new memory, new thread pools) and runs the interleaved
+rounds again: a ratio's spread over the repeats is the machine's drift, which one run cannot show; each
+ratio is reported as the median over the repeats, with every repeat's value.
 """
 from __future__ import annotations
 
@@ -71,6 +74,62 @@ def interleaved_latency(cases: dict[tuple[str, str, int], tuple[Any, np.ndarray]
         out[key] = {"median_ms": s.median_ms, "mean_ms": s.mean_ms, "p90_ms": s.p90_ms, "min_ms": s.min_ms,
                     "runs": s.iterations}
     return out
+
+
+Key = tuple[str, str, int]  # (model, export, batch)
+
+
+def repeated_latency(artifacts: list[tuple[str, str, Path]], batches: list[int], size: int, *, repeat: int,
+                     rounds: int, runs_per_round: int, threads: int | None, clock: Any,
+                     say: Any = print) -> list[dict[Key, dict[str, float]]]:
+    """:func:`interleaved_latency` of every (artifact, batch) row, ``repeat`` times, each with sessions loaded
+    afresh (closed after), so every repeat sees another memory placement and another moment of the machine."""
+    from psvit.runtime import load
+
+    out = []
+    for i in range(repeat):
+        say(f"[dim]timing {len(artifacts) * len(batches)} rows, {rounds} interleaved rounds"
+            + (f" (repeat {i + 1} of {repeat})" if repeat > 1 else "") + "...[/]")
+        runtimes = {path: load(path, threads=threads) for _, _, path in artifacts}
+        try:
+            cases = {(m, v, b): (runtimes[p], np.random.default_rng(0).standard_normal((b, 3, size, size), np.float32))
+                     for m, v, p in artifacts for b in batches}
+            out.append(interleaved_latency(cases, rounds, runs_per_round, clock))
+        finally:
+            for rt in runtimes.values():
+                rt.close()
+    return out
+
+
+def combine_repeats(repeats: list[dict[Key, dict[str, float]]]) -> dict[Key, dict[str, Any]]:
+    """One row's figures over the repeats: medians of the repeats' medians/means/p90s, the smallest minimum,
+    all calls counted, and every repeat's median (``median_ms_repeats``)."""
+    out = {}
+    for key in repeats[0]:
+        rs = [r[key] for r in repeats]
+        out[key] = {"median_ms": float(np.median([r["median_ms"] for r in rs])),
+                    "mean_ms": float(np.median([r["mean_ms"] for r in rs])),
+                    "p90_ms": float(np.median([r["p90_ms"] for r in rs])),
+                    "min_ms": min(r["min_ms"] for r in rs), "runs": sum(r["runs"] for r in rs),
+                    "median_ms_repeats": [r["median_ms"] for r in rs]}
+    return out
+
+
+def latency_ratios(timings: dict[Key, dict[str, float]], deit: str, psvit: str,
+                   also: list[str], batches: list[int]) -> dict[str, float]:
+    """The compared pairs' median-latency ratios of one timing run (both rows timed in the same rounds)."""
+    def ratio(model: str, a: str, b: str, batch: int) -> float:
+        return timings[(model, a, batch)]["median_ms"] / timings[(model, b, batch)]["median_ms"]
+
+    ratios = {}
+    for b in batches:
+        ratios[f"{deit} ours/timm b{b}"] = ratio(deit, OURS, TIMM, b)
+        for label in also:
+            ratios[f"{deit} {label}/timm b{b}"] = ratio(deit, label, TIMM, b)
+            ratios[f"{deit} ours/{label} b{b}"] = ratio(deit, OURS, label, b)
+        if psvit:
+            ratios[f"{psvit} qk/map b{b}"] = ratio(psvit, "sharing qk", "sharing map", b)
+    return ratios
 
 
 def graph_facts(path: Path) -> dict[str, Any]:
@@ -131,6 +190,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=8, help="passes over all rows (interleaved timing)")
     parser.add_argument("--runs-per-round", type=int, default=4)
     parser.add_argument("--profile-runs", type=int, default=10, help="profiled calls per artifact (0: no profile)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time everything this many times, sessions loaded afresh each time; ratios are the "
+                             "median over the repeats (their spread is the machine's drift)")
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)")
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                         help="wall time, or the CPU time of the calling thread (needs --threads 1: ORT then computes "
@@ -149,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not sep or not label or not Path(path).is_file():
             parser.error(f"--also {spec!r}: expected LABEL=PATH of an existing ONNX file")
         also.append((label, Path(path)))
+    if args.repeat < 1 or args.rounds < 1 or args.runs_per_round < 1:
+        parser.error("--repeat, --rounds and --runs-per-round must be at least 1")
     if args.clock == "thread" and args.threads != 1:
         parser.error("--clock thread measures the calling thread only: add --threads 1")
 
@@ -158,7 +222,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from psvit.export import export_onnx
     from psvit.export.fusions import onnxruntime_fusions
     from psvit.provenance import sha256_file
-    from psvit.runtime import load
 
     console = Console(width=max(Console().width, 140))
     env = environment(args.threads)
@@ -187,14 +250,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r = export_onnx(args.psvit, tmp / f"{args.psvit}.{mode}.onnx", shared_attention=mode, count=2)
             label = mode if mode != "auto" else f"auto ({'/'.join(r.sharing.modes)})"
             artifacts.append((args.psvit, f"sharing {label}", r.path))
-        runtimes = {path: load(path, threads=args.threads) for _, _, path in artifacts}
-        cases = {(m, v, b): (runtimes[p], np.random.default_rng(0).standard_normal((b, 3, size, size), np.float32))
-                 for m, v, p in artifacts for b in batches}
-        console.print(f"[dim]timing {len(cases)} rows, {args.rounds} interleaved rounds...[/]")
         clock = time.thread_time if args.clock == "thread" else time.perf_counter
-        timings = interleaved_latency(cases, args.rounds, args.runs_per_round, clock)
-        for rt in runtimes.values():
-            rt.close()
+        repeats = repeated_latency(artifacts, batches, size, repeat=args.repeat, rounds=args.rounds,
+                                   runs_per_round=args.runs_per_round, threads=args.threads, clock=clock,
+                                   say=console.print)
+        timings = combine_repeats(repeats)
         for model, variant, path in artifacts:
             console.print(f"[dim]profiling {model} {variant}...[/]")
             report = onnxruntime_fusions(path, threads=args.threads, batch=max(batches), runs=args.profile_runs)
@@ -210,25 +270,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              **timings[(model, variant, b)]})
     env["loadavg_end"] = list(os.getloadavg())
 
-    def pick(model: str, export: str, batch: int) -> dict[str, Any]:
-        return next(r for r in rows if r["model"] == model and r["export"] == export and r["batch"] == batch)
-
-    ratios = {}
-    for b in batches:
-        ratios[f"{args.deit} ours/timm b{b}"] = (pick(args.deit, OURS, b)["median_ms"]
-                                                 / pick(args.deit, TIMM, b)["median_ms"])
-        for label, _path in also:
-            ratios[f"{args.deit} {label}/timm b{b}"] = (pick(args.deit, label, b)["median_ms"]
-                                                        / pick(args.deit, TIMM, b)["median_ms"])
-            ratios[f"{args.deit} ours/{label} b{b}"] = (pick(args.deit, OURS, b)["median_ms"]
-                                                        / pick(args.deit, label, b)["median_ms"])
-        if args.psvit:
-            ratios[f"{args.psvit} qk/map b{b}"] = (pick(args.psvit, "sharing qk", b)["median_ms"]
-                                                   / pick(args.psvit, "sharing map", b)["median_ms"])
+    labels = [label for label, _ in also]
+    ratio_repeats = [latency_ratios(t, args.deit, args.psvit, labels, batches) for t in repeats]
+    ratios = {k: float(np.median([r[k] for r in ratio_repeats])) for k in ratio_repeats[0]}
 
     what = "latency" if args.clock == "wall" else "CPU time of the calling thread"
     table = Table(title=f"ONNX Runtime CPU {what}: {env['cpu_model']}, threads={args.threads or 'default'}, "
-                        f"{args.rounds} interleaved rounds x {args.runs_per_round} runs")
+                        f"{args.rounds} interleaved rounds x {args.runs_per_round} runs"
+                        + (f", median of {args.repeat} repeats" if args.repeat > 1 else ""))
     for col in ("model", "export", "batch", "median ms", "p90 ms", "opset", "nodes → ORT", "Shape", "Transpose → ORT",
                 "GELU fused"):
         table.add_column(col, justify="left" if col in ("model", "export") else "right")
@@ -251,11 +300,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fused = ", ".join(f"{op} {n}" for op, n in f["fused"].items()) or "none"
         console.print(f"{key}: fused {fused}" + (f" [red]({'; '.join(f['problems'])})[/]" if f["problems"] else ""))
     for k, v in ratios.items():
-        console.print(f"{k}: {v:.3f}")
+        each = [r[k] for r in ratio_repeats]
+        spread = f" (median of {len(each)} repeats: {', '.join(f'{x:.3f}' for x in sorted(each))})" if len(each) > 1 else ""
+        console.print(f"{k}: {v:.3f}{spread}")
     console.print(f"ours vs timm outputs (same weights): rel L2 {parity:.2e}; load average at the end "
                   f"{' '.join(f'{v:.2f}' for v in env['loadavg_end'])}")
     result = {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-              "rows": rows, "ratios": ratios, "ours_vs_timm_rel_l2": parity,
+              "rows": rows, "ratios": ratios,
+              "ratios_per_repeat": {k: [r[k] for r in ratio_repeats] for k in ratios},
+              "ours_vs_timm_rel_l2": parity,
               "also": {label: {"path": str(path), "sha256": sha256_file(path), "vs_timm_rel_l2": also_parity[label]}
                        for label, path in also},
               "profile_batch": max(batches), "profile_side_by_side": compared, "profiles": profiles,

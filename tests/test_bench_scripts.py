@@ -82,6 +82,27 @@ def test_onnx_cpu_help_and_helpers(capsys):
     with pytest.raises(SystemExit) as exc:  # refused before any export
         onnx_cpu.main(["--also", "before=/no/such.onnx"])
     assert exc.value.code == 2 and "expected LABEL=PATH of an existing ONNX file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        onnx_cpu.main(["--repeat", "0"])
+    assert exc.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_onnx_cpu_repeats_pair_rows_within_each_repeat():
+    """A ratio is taken inside each repeat (rows timed in the same rounds), then the median over repeats."""
+    onnx_cpu = script("onnx_cpu")
+
+    def row(ms: float) -> dict[str, float]:
+        return {"median_ms": ms, "mean_ms": ms + 1, "p90_ms": ms + 2, "min_ms": ms - 1, "runs": 4}
+
+    ours, timm = ("deit_small", onnx_cpu.OURS, 8), ("deit_small", onnx_cpu.TIMM, 8)
+    # The machine slows down in repeat 2: both rows slower, the ratio within it still 0.9.
+    repeats = [{ours: row(80.0), timm: row(100.0)}, {ours: row(180.0), timm: row(200.0)},
+               {ours: row(90.0), timm: row(100.0)}]
+    ratios = [onnx_cpu.latency_ratios(t, "deit_small", "", [], [8]) for t in repeats]
+    assert [r["deit_small ours/timm b8"] for r in ratios] == pytest.approx([0.8, 0.9, 0.9])
+    combined = onnx_cpu.combine_repeats(repeats)
+    assert combined[ours]["median_ms"] == 90.0 and combined[ours]["median_ms_repeats"] == [80.0, 180.0, 90.0]
+    assert combined[ours]["min_ms"] == 79.0 and combined[ours]["runs"] == 12 and combined[timm]["p90_ms"] == 102.0
 
 
 def test_search_benchmark_kendall_tau():
