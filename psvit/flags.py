@@ -18,7 +18,7 @@ TRT_FLAGS = {
     "calib_count": "--calib-count", "calib_batch": "--calib-batch", "calib_method": "--calib-method",
     "calib_cache": "--calib-cache", "batch": "--batch", "workspace": "--workspace",
     "optimization_level": "--optimization-level", "timing_cache": "--timing-cache", "builder": "--builder",
-    "force": "--force",
+    "force": "--force", "onnx_out": "--onnx-out",
 }
 
 

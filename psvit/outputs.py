@@ -13,7 +13,9 @@ refuses, with an :class:`psvit.errors.OutputPathError` that says what to do:
 - an output path that is an existing folder;
 - an output whose suffix does not fit its kind (an ONNX model ``.onnx``, an engine ``.engine/.plan/.trt``,
   JSON ``.json``, a checkpoint ``.safetensors``, a plot a format matplotlib writes);
-- a missing or read-only output folder.
+- a missing or read-only output folder;
+- a device, FIFO or socket (an output replaces what is there; a symlink is written through to its target);
+- a name so long that the temporary files and sidecars named after it would exceed the file system's limit.
 
 Inputs that are not paths (``demo``, ``synthetic``, variant names, arrays) or do not exist are ignored: their
 loaders say what is wrong with them. Write each output with :func:`psvit.provenance.atomic_output`.
@@ -29,7 +31,7 @@ from typing import Any
 
 from .artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES, SAFETENSORS_SUFFIXES
 from .errors import OutputPathError
-from .provenance import check_output_folder
+from .provenance import check_output_folder, output_target
 
 # The formats matplotlib's Agg canvas writes (matplotlib.backend_bases.FigureCanvasBase.get_supported_filetypes
 # of matplotlib 3.7-3.10); asked from matplotlib itself where it is installed.
@@ -102,9 +104,15 @@ def _input_paths(inputs: Iterable[Any]) -> list[Path]:
 
 
 def check_output(output: Output) -> Path:
-    """One output on its own: not a folder, a fitting suffix, a writable folder. Returns its path."""
+    """One output on its own: not a folder, a device or a name too long for the files made next to it
+    (:func:`psvit.provenance.output_target`; a symlink is checked at its target), a fitting suffix, a writable
+    folder. Returns its path."""
     path = Path(output.path)  # type: ignore[arg-type]
     option, kind = output.option, output.kind
+    try:
+        output_target(path)
+    except OutputPathError as exc:
+        raise OutputPathError(f"{option}: {exc}") from None
     if path.is_dir():
         raise OutputPathError(f"{option} {path} is a folder; name a file in it, e.g. "
                               f"{path / ('output' + (kind.suffixes or ('',))[0])}")

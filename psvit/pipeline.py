@@ -4,8 +4,9 @@ The stages take their direct input (``export_onnx``: a checkpoint; ``quantize_on
 ``build_engine_file``: an ONNX graph); this module chains them and makes every reuse decision, each by
 content hash:
 
-- an exported ONNX is kept when its metadata records the same checkpoint sha256, precision, opset and a
-  dynamic batch (``--force`` re-exports);
+- an exported ONNX is kept when its metadata records the same checkpoint sha256, precision, opset, a
+  dynamic batch, shared attention ``map`` and FP32 inputs/outputs; otherwise it is replaced, and the log says
+  what differed (``--force`` re-exports; ``--onnx-out`` puts the graph elsewhere);
 - an INT8 graph is re-made each time (seconds), from the calibration cache, which ``quantize_onnx`` reuses
   when the FP32 graph's sha256, the data fingerprint and the method match;
 - an engine is kept when its sidecar records the same ONNX sha256, precision, profile, builder, version,
@@ -103,27 +104,38 @@ def source_sha256(source: str) -> str | None:
 
 
 def reusable_export(path: Path, source: str, precision: str) -> bool:
-    """An existing export at ``path`` of the same checkpoint (sha256), precision and opset, dynamic batch."""
-    return _reusable_export_sha256(path, source, precision) is not None
+    """An existing export at ``path`` made exactly as :func:`export_step` would make it: the same checkpoint
+    (sha256), precision and opset, dynamic batch, shared attention ``map``, FP32 inputs/outputs."""
+    return export_differences(path, source, precision)[0] is not None
 
 
-def _reusable_export_sha256(path: Path, source: str, precision: str) -> str | None:
-    """The checkpoint's sha256 when :func:`reusable_export` holds (hashed once), else None."""
+def export_differences(path: Path, source: str, precision: str) -> tuple[str | None, list[str]]:
+    """(the checkpoint's sha256, []) when :func:`reusable_export` holds (hashed once); otherwise
+    (None, what differs), e.g. ``["shared attention qk (map wanted)"]``."""
     from .export.metadata import RANDOM_WEIGHTS, read_metadata
     from .export.trace import DEFAULT_OPSET
 
     if not path.is_file():
-        return None
+        return None, ["no export yet"]
     sha = source_sha256(source)
     if sha is None or sha == RANDOM_WEIGHTS:
-        return None
+        return None, ["random weights (exported afresh each time)"]
     try:
         meta = read_metadata(path)
     except PSViTError:
-        return None  # unreadable: made again
-    same = (meta.get("psvit.source_sha256") == sha and meta.get("psvit.precision") == precision
-            and str(meta.get("psvit.batch")) == "dynamic" and str(meta.get("psvit.opset")) == str(DEFAULT_OPSET))
-    return sha if same else None
+        return None, ["its metadata is unreadable"]
+    sharing = meta.get("psvit.shared_attention")
+    found = {
+        "checkpoint": (meta.get("psvit.source_sha256"), sha),
+        "precision": (meta.get("psvit.precision"), precision),
+        "batch": (str(meta.get("psvit.batch")), "dynamic"),
+        "opset": (str(meta.get("psvit.opset")), str(DEFAULT_OPSET)),
+        "shared attention": (sharing.get("requested") if isinstance(sharing, dict) else None, "map"),
+        "input/output precision": (meta.get("psvit.io_precision"), "fp32"),
+    }
+    differs = [f"{what} {have} ({want} wanted)" if what != "checkpoint" else "checkpoint sha256"
+               for what, (have, want) in found.items() if have != want]
+    return (sha, []) if not differs else (None, differs)
 
 
 def reusable_engine(out: Path, request: Any) -> tuple[Any, list[str]]:
@@ -149,10 +161,12 @@ def export_step(source: str, out: Path, precision: str, *, data: Any = None, see
     from .export import export_onnx
 
     say = log or (lambda _m: None)
-    sha = None if force else _reusable_export_sha256(out, source, precision)
+    sha, differs = (None, ["--force"]) if force else export_differences(out, source, precision)
     if sha is not None:
-        say(f"reusing {out} (exported from the same checkpoint)")
+        say(f"reusing {out} (exported from the same checkpoint with the same options)")
         return OnnxStep(out, precision, [f"reused {out.name} (same checkpoint sha256 {sha[:12]}…)"], reused=True)
+    if out.exists():
+        say(f"replacing {out}: {', '.join(differs)}")
     say(f"exporting {source} to {precision.upper()} ONNX {out}")
     result = export_onnx(source, out, fp16=precision == "fp16", data=data, seed=seed, variant=variant, log=say)
     if result.source.random_weights:

@@ -49,9 +49,40 @@ def check_output_folder(path: str | os.PathLike) -> Path:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        raise OutputPathError(f"output folder {parent} is not writable ({exc.strerror}); choose a writable "
-                              f"location") from exc
+        raise OutputPathError(f"output folder {parent} is not writable (creating a file in it failed: "
+                              f"{exc.strerror}); choose a writable location") from exc
     return parent
+
+
+# Bytes the longest name derived from an output's adds to it: its temporary file (".NAME.xxxxxxxx.onnx") and
+# those of its sidecars and external data (".NAME.calib.json.xxxxxxxx.json", NAME.data, NAME.run.json).
+DERIVED_NAME_MARGIN = 32
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """Where writing the output ``path`` lands, checked up front: a symlink's target (links are written
+    through, not replaced), never a device, FIFO or socket (replacing one would destroy it), and a name short
+    enough for the files derived from it (:data:`DERIVED_NAME_MARGIN`)."""
+    from .errors import OutputPathError
+
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise OutputPathError(f"{path} is a device, FIFO or socket, not a file; writing the output would replace "
+                              f"it. Name a regular file")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX") if parent.is_dir() else 255
+    except (OSError, ValueError):
+        limit = 255
+    size = len(os.fsencode(path.name))
+    if size + DERIVED_NAME_MARGIN > limit:
+        raise OutputPathError(
+            f"output name {path.name[:40]}… is {size} bytes long; the files made next to it (temporary files, "
+            f"sidecars) add up to {DERIVED_NAME_MARGIN} bytes and the file system allows {limit}: use a name of at "
+            f"most {limit - DERIVED_NAME_MARGIN} bytes")
+    return path
 
 
 @contextlib.contextmanager
@@ -61,6 +92,8 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     A failure (or Ctrl-C) leaves neither a half-written ``path`` nor the temporary file behind.
     """
     path = Path(path)
+    if path.is_symlink():  # write through the link, as output_target checked
+        path = Path(os.path.realpath(path))
     parent = check_output_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
     os.close(fd)

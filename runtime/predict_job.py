@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..provenance import package_versions, sha256_file, write_json
+from ..provenance import output_target, package_versions, sha256_file, write_json
 from .errors import OutputError
 from .file_inputs import find_images
 from .file_predict import (
@@ -185,7 +185,7 @@ def predict_to_file(
         fmt, continuing = "jsonl", False
     else:
         fmt = output_format(out, fmt)
-        out = Path(out)
+        out = output_target(out)  # a symlink's target; no device, FIFO or socket; a name NAME.run.json can extend
         continuing = check_output(out, fmt, resume=resume, force=force)
     if ray is not None:
         from .ray_predict import require_ray

@@ -11,6 +11,7 @@ writes the inputs a case needs there (they are allowed to stay; anything else th
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -398,6 +399,18 @@ CLI_CASES = [
             r"File name too long: .*use a shorter file or folder name"),
     CliCase("predict-image-name-too-long", ["predict", "demo", "{tmp}/" + "p" * 300 + ".png"],
             r"File name too long: .*use a shorter file or folder name"),
+    # a name the system takes, but not the temporary file or sidecar named after it: refused before the work
+    CliCase("onnx-out-name-too-long-for-its-temporary-file", ["onnx", "demo", "--out", "{tmp}/" + "b" * 245 + ".onnx"],
+            r"is 250 bytes long; the files made next to it .* use a name of at most 223 bytes"),
+    CliCase("predict-out-name-too-long-for-its-run-record", ["predict", "demo", "{tmp}/i.png", "--out",
+                                                             "{tmp}/" + "r" * 240 + ".jsonl"],
+            r"use a name of at most 223 bytes", setup=lambda t: Image.new("RGB", (8, 8)).save(t / "i.png")),
+    # an output replaces what is there: never a device or a FIFO, whatever --force says
+    CliCase("onnx-out-is-a-fifo", ["onnx", "demo", "--out", "{tmp}/m.onnx"], "is a device, FIFO or socket, not a file",
+            setup=lambda t: os.mkfifo(t / "m.onnx")),
+    CliCase("predict-force-out-is-a-fifo", ["predict", "demo", "{tmp}/i.png", "--out", "{tmp}/p.jsonl", "--force"],
+            "is a device, FIFO or socket, not a file",
+            setup=lambda t: (os.mkfifo(t / "p.jsonl"), Image.new("RGB", (8, 8)).save(t / "i.png"))),
     CliCase("onnx-out-is-a-folder", ["onnx", "demo", "--out", "{tmp}/d"], r"is a folder; name a file in it",
             setup=lambda t: (t / "d").mkdir()),
     CliCase("onnx-out-wrong-suffix", ["onnx", "demo", "--out", "{tmp}/m.txt"],

@@ -121,3 +121,33 @@ def test_ray_local_cluster_gives_the_single_process_predictions(demo_fp32_onnx, 
     summary = json.loads((tmp_path / "ray.json").read_text())
     assert summary["engine"] == "ray" and summary["runtime"]["cluster"]["actors"] == 2
     assert (summary["predicted"], summary["failed"]) == (257, 3)
+
+
+def test_outputs_are_written_through_symlinks(demo_fp32_onnx, write_image, tmp_path):
+    """An output path that is a symlink keeps being one: the file it points to is replaced (predict --force,
+    and every atomically written artifact), as `cp` and shell redirection do."""
+    from psvit.provenance import write_json
+
+    write_image("imgs/a.png")
+    target, link = tmp_path / "real" / "p.jsonl", tmp_path / "p.jsonl"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link.symlink_to(target)
+    summary = predict_to_file(demo_fp32_onnx, [tmp_path / "imgs"], link, topk=1, force=True)
+    assert link.is_symlink() and summary.found == 1 and not summary.failed and summary.out == str(target)
+    assert [r["path"] for r in read_predictions(target)] == [str(tmp_path / "imgs" / "a.png")]
+    assert (tmp_path / "real" / "p.jsonl.run.json").is_file()  # the run record sits next to the real file
+    record_link = tmp_path / "r.json"
+    record_link.symlink_to(tmp_path / "real" / "r.json")  # dangling: writing creates its target
+    write_json(record_link, {"ok": True})
+    assert record_link.is_symlink() and json.loads((tmp_path / "real" / "r.json").read_text()) == {"ok": True}
+
+
+def test_a_run_that_reads_no_image_fails(tmp_path, capsys):
+    """Every file unreadable: the error records are written, and the command exits 1 saying so."""
+    (tmp_path / "a.png").write_text("not an image")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    code = main(["predict", "demo", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--out", str(tmp_path / "p.jsonl")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "none of the 2 image file(s) could be read" in err
+    assert all(r["error"] for r in read_predictions(tmp_path / "p.jsonl"))

@@ -43,6 +43,30 @@ def test_export_reuse_is_by_content_hash(tmp_path, demo_fp32_onnx):
     assert step.reused and step.export is None and "reused" in step.steps[0]
 
 
+def test_export_made_with_other_options_is_replaced_and_says_why(tmp_path, demo_fp32_onnx):
+    """A user's own export at the derived path (qk sharing, fixed batch, FP16 I/O) is not taken for the
+    pipeline's: it is replaced, and the log names what differed."""
+    import json
+
+    from psvit.export.metadata import read_metadata, update_metadata_file
+
+    out = tmp_path / "m.fp32.onnx"
+    shutil.copy(demo_fp32_onnx, out)
+    sharing = read_metadata(out)["psvit.shared_attention"] | {"requested": "qk"}
+    update_metadata_file(out, {"psvit.shared_attention": json.dumps(sharing), "psvit.batch": "4",
+                               "psvit.io_precision": "fp16"})
+    sha, differs = pipeline.export_differences(out, "demo", "fp32")
+    assert sha is None and differs == ["batch 4 (dynamic wanted)", "shared attention qk (map wanted)",
+                                       "input/output precision fp16 (fp32 wanted)"]
+    said: list[str] = []
+    step = pipeline.onnx_for("demo", "fp32", out, log=said.append)
+    assert not step.reused and step.export is not None
+    assert said[0] == f"replacing {out}: " + ", ".join(differs)
+    meta = read_metadata(out)
+    assert meta["psvit.batch"] == "dynamic" and meta["psvit.shared_attention"]["requested"] == "map"
+    assert pipeline.export_differences(out, "demo", "fp32") == (meta["psvit.source_sha256"], [])
+
+
 def test_fp16_of_an_onnx_is_exported_from_its_checkpoint(tmp_path, demo_fp32_onnx):
     from psvit.export.metadata import read_metadata, update_metadata_file
 

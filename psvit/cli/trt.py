@@ -72,6 +72,9 @@ def trt_command(
     builder: Annotated[BuilderChoice, typer.Option(
         F["builder"], help="TensorRT flavour (auto: tensorrt if installed, else tensorrt-rtx).")] = BuilderChoice.auto,
     force: Annotated[bool, typer.Option(F["force"], help="Rebuild even if a matching engine exists.")] = False,
+    onnx_out: Annotated[Optional[Path], typer.Option(
+        F["onnx_out"], help="Where the ONNX graph made on the way goes [default: next to --out, e.g. m.fp16.engine "
+                            "-> m.fp16.onnx; replaced when it was exported otherwise].")] = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Build a TensorRT or TensorRT-RTX engine (raw plan) with a provenance sidecar; reuse a matching one."""
@@ -89,7 +92,7 @@ def trt_command(
             source, out, fp16=fp16, int8=int8, calib_data=calib_data, calib_count=calib_count,
             calib_batch=calib_batch, calib_method=calib_method.value, calib_cache=calib_cache, batch=batch,
             workspace=workspace, optimization_level=optimization_level, timing_cache=timing_cache,
-            builder=builder.value, force=force, log=status.log, progress=status.progress,
+            builder=builder.value, force=force, onnx_out=onnx_out, log=status.log, progress=status.progress,
         )
     sc = result.sidecar
     title = f"{'reused' if result.reused else 'built'} {result.path}"
