@@ -46,6 +46,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"image file {path} does not exist") from None
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
+    except Image.DecompressionBombError as exc:  # a readable image, over PIL's safety limit
+        raise DataError(f"{path} is too large to decode safely ({exc}); downscale it or split it into tiles") from exc
     except _UNREADABLE as exc:
         raise DataError(
             f"{path} is not a readable image ({type(exc).__name__}: {exc}); remove it or re-save it as PNG/JPEG"

@@ -140,3 +140,10 @@ def test_deep_images_without_a_known_scale_are_refused(tmp_path):
     Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "big.tif")
     with pytest.raises(DataError, match="convert it to 8- or 16-bit"):
         load_image(tmp_path / "big.tif")
+
+
+def test_an_image_over_pils_pixel_limit_says_so(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit, an error in PIL
+    with pytest.raises(DataError, match=r"big\.png is too large to decode safely .*downscale it"):
+        load_image(tmp_path / "big.png")
