@@ -4,21 +4,29 @@
 
 A :class:`CalibrationSet` knows where its images are but does not hold them: every pass reads them again,
 so memory does not grow with the number of images. Its fingerprint (part of the calibration cache key) is
-computed without holding them either. There is no fallback to random data.
+computed without holding them either. An image folder's picked files are each read once up front: a file
+that does not decode is skipped (listed in ``skipped``, named in ``notes``), the others' bytes are hashed
+into the fingerprint, so the key covers exactly the images calibration uses and every batch is full; a
+later pass refuses a file whose bytes changed since. There is no fallback to random data.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from ..preprocessing import Preprocess
 
 # 512 images: NVIDIA's TensorRT guide finds about 500 enough for ImageNet classifiers (guides use 500-1,000),
 # and on the demo model the median tensor's range is within 1.5% of its 2,048-image value at 512 images for
@@ -28,6 +36,7 @@ DEFAULT_BATCH = 16
 SYNTHETIC = "synthetic"
 SYNTHETIC_CALIB_SEED = 1  # calibration images of the synthetic distribution, not the training images (seed 0)
 _HASH_CHUNK = 64  # images per read while fingerprinting an array
+NAMED_SKIPS = 3  # unreadable files named in the note about them
 CalibSpec = Union[str, os.PathLike, np.ndarray]
 ReadRange = Callable[[int, int], np.ndarray]  # images [start, stop) -> (B, C, H, W) float32
 
@@ -38,6 +47,8 @@ class CalibrationSet:
 
     ``batches(n)`` yields (B, C, H, W) float32 batches in a fixed order (the last one shorter when ``n``
     does not divide ``count``); ``take(n)`` reads the first ``n`` images. Neither keeps what it read.
+    ``skipped``: relative paths of picked files that could not be read; ``notes``: one-line messages for the
+    user (the files skipped and why, fewer images found than ``--calib-count`` asked for).
     """
 
     count: int
@@ -46,6 +57,7 @@ class CalibrationSet:
     read_range: ReadRange = field(repr=False)
     source: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.count
@@ -68,20 +80,87 @@ def _spread(n_total: int, count: int) -> list[int]:
     return sorted(set(np.linspace(0, n_total - 1, num=count).round().astype(int).tolist()))
 
 
-def _opens_as_image(path: Path) -> bool:
-    """True when PIL recognises the file's header (cheap: nothing is decoded)."""
+def _decode(data: bytes, pre: Preprocess) -> np.ndarray:
+    """Encoded image bytes -> (C, H, W) float32 with the model's :class:`~psvit.preprocessing.Preprocess`.
+
+    Whatever PIL raises for bytes it cannot decode propagates; its ``DecompressionBombWarning`` is raised as
+    an error too (the file is skipped like an unreadable one), never printed.
+    """
+    from PIL import Image
+
+    from ..preprocessing import to_rgb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return pre(to_rgb(img))
+
+
+def _why(exc: BaseException) -> str:
+    """Why a file was skipped, in a few words."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(exc, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+        return f"over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels"
+    if isinstance(exc, FileNotFoundError):
+        return "missing (a broken link?)"
+    if isinstance(exc, DataError):
+        return str(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format PIL recognises"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A picked file that decodes, and the sha256 of the bytes that did."""
+
+    path: Path
+    sha256: str
+
+
+def _check(path: Path, pre: Preprocess) -> _Checked:
+    """Read ``path`` once: decode it (raising whatever PIL raises when it cannot) and hash the same bytes."""
+    data = path.read_bytes()
+    if not data:
+        raise DataError("empty file")
+    _decode(data, pre)
+    return _Checked(path, hashlib.sha256(data).hexdigest())
+
+
+def _reread(item: _Checked, pre: Preprocess) -> np.ndarray:
+    """A checked file's image, read again; DataError when its bytes changed since they were fingerprinted."""
     try:
-        with Image.open(path):
-            return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
+        data = item.path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{item.path} could no longer be read during calibration ({exc}); run again") from exc
+    if hashlib.sha256(data).hexdigest() != item.sha256:
+        raise DataError(f"{item.path} changed during calibration; run again once the images stop changing")
+    return _decode(data, pre)
 
 
-def _from_folder(root: Path, count: int, preprocess: dict[str, Any]) -> CalibrationSet:
-    from ..data.image_folder import dataset_fingerprint, list_image_files
-    from ..preprocessing import Preprocess, load_image
+def _skipped_note(why: dict[str, str], picked: int) -> str:
+    """One line naming the first few skipped files and why the first was skipped."""
+    names = list(why)
+    shown = ", ".join(names[:NAMED_SKIPS]) + (f" and {len(names) - NAMED_SKIPS} more" if len(names) > NAMED_SKIPS
+                                             else "")
+    return (f"skipped {len(names)} of {picked} picked image files that cannot be read: {shown} "
+            f"({names[0]}: {why[names[0]]})")
+
+
+def _shortfall_note(asked: int | None, found: int, used: int, where: str) -> str | None:
+    """One line when ``--calib-count`` asked for more images than ``where`` holds."""
+    if asked is None or found >= asked:
+        return None
+    unreadable = f" ({found - used} unreadable)" if used < found else ""
+    return f"--calib-count asked for {asked} images, found {found} in {where}{unreadable}: calibrating on {used}"
+
+
+def _from_folder(root: Path, count: int, preprocess: dict[str, Any], asked: int | None = None) -> CalibrationSet:
+    from ..data.image_folder import FINGERPRINT_OF, combine_digests, list_image_files
+    from ..preprocessing import Preprocess
 
     files = list_image_files(root)
     if not files:
@@ -89,22 +168,29 @@ def _from_folder(root: Path, count: int, preprocess: dict[str, Any]) -> Calibrat
                         f"point --calib-data at a folder of real images")
     pre = Preprocess.from_dict(preprocess)
     picked = [files[i] for i in _spread(len(files), count)]
-    readable = {f: _opens_as_image(f) for f in picked}
-    used = [f for f in picked if readable[f]]
-    skipped = [f.relative_to(root).as_posix() for f in picked if not readable[f]]
+    used: list[_Checked] = []
+    why: dict[str, str] = {}  # relative path of a skipped file -> why
+    for f in picked:
+        try:
+            used.append(_check(f, pre))
+        except Exception as exc:  # noqa: BLE001 - PIL raises more than its documented types for malformed data
+            why[f.relative_to(root).as_posix()] = _why(exc)
+    skipped = list(why)
     if not used:
         raise DataError(f"none of the {len(skipped)} image files picked from {root} could be read "
-                        f"(first: {skipped[0]}); check that they are valid images")
+                        f"(first: {skipped[0]}: {why[skipped[0]]}); check that they are valid images")
 
     def read_range(start: int, stop: int) -> np.ndarray:
-        return np.stack([pre(load_image(f)) for f in used[start:stop]])  # (B, C, H, W)
+        return np.stack([_reread(item, pre) for item in used[start:stop]])  # (B, C, H, W)
 
+    notes = [_skipped_note(why, len(picked))] if why else []
+    shortfall = _shortfall_note(asked, len(files), len(used), str(root))
     return CalibrationSet(
         count=len(used), image_shape=(3, pre.img_size, pre.img_size), read_range=read_range,
-        fingerprint=dataset_fingerprint([f.relative_to(root) for f in used], root),
+        fingerprint=combine_digests({item.path.relative_to(root).as_posix(): item.sha256 for item in used}),
         source={"kind": "image_folder", "path": str(root), "images": len(used), "skipped": len(skipped),
-                "fingerprint_of": "sha256 of the relative paths and sizes of the files used"},
-        skipped=skipped,
+                "fingerprint_of": FINGERPRINT_OF},
+        skipped=skipped, notes=notes + ([shortfall] if shortfall else []),
     )
 
 
@@ -121,10 +207,11 @@ def _array_fingerprint(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _from_array(arr: np.ndarray, count: int, what: str) -> CalibrationSet:
+def _from_array(arr: np.ndarray, count: int, what: str, asked: int | None = None) -> CalibrationSet:
     if arr.ndim != 4 or not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"calibration arrays must be float (N, C, H, W), already preprocessed; got "
                         f"{arr.dtype} {arr.shape}")
+    shortfall = _shortfall_note(asked, len(arr), len(arr), what)
     arr = arr[:count]  # a view: a memory-mapped file stays on disk
 
     def read_range(start: int, stop: int) -> np.ndarray:
@@ -134,6 +221,7 @@ def _from_array(arr: np.ndarray, count: int, what: str) -> CalibrationSet:
         count=len(arr), image_shape=(int(arr.shape[1]), int(arr.shape[2]), int(arr.shape[3])), read_range=read_range,
         fingerprint=_array_fingerprint(arr),
         source={"kind": "array", "path": what, "images": len(arr), "fingerprint_of": "sha256 of the float32 array"},
+        notes=[shortfall] if shortfall else [],
     )
 
 
@@ -182,14 +270,15 @@ def load_calibration_set(
         spec: image folder, ``.npy`` (memory-mapped) / ``.npz`` (read whole) of preprocessed float images,
             ``"synthetic"``, or a float array (N, C, H, W) already preprocessed. None is refused.
         preprocess: the model's preprocessing (``psvit.preprocess`` metadata), used for image files.
-        count: at most this many images (None: :data:`DEFAULT_COUNT`).
+        count: at most this many images (None: :data:`DEFAULT_COUNT`); when a given ``count`` is more than
+            the data holds, ``notes`` says how many were found.
     """
-    count = DEFAULT_COUNT if count is None else count
+    asked, count = count, DEFAULT_COUNT if count is None else count
     if count < 1:
         raise DataError(f"--calib-count must be at least 1, got {count}")
     require_data(spec)
     if isinstance(spec, np.ndarray):
-        result = _from_array(spec, count, "<array>")
+        result = _from_array(spec, count, "<array>", asked)
     elif str(spec) == SYNTHETIC:
         result = _from_synthetic(count, preprocess)
     else:
@@ -198,11 +287,11 @@ def load_calibration_set(
             raise DataError(f"--calib-data {path} does not exist; pass an image folder, a .npy/.npz file or "
                             f"'synthetic'")
         if path.is_dir():
-            result = _from_folder(path, count, preprocess)
+            result = _from_folder(path, count, preprocess, asked)
         elif path.suffix in (".npy", ".npz"):
             from ..export.inputs import load_array
 
-            result = _from_array(load_array(path, mmap=True), count, str(path))
+            result = _from_array(load_array(path, mmap=True), count, str(path), asked)
         else:
             raise DataError(f"--calib-data {path}: use an image folder, a .npy/.npz file or 'synthetic'")
     if len(result) == 0:

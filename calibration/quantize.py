@@ -179,8 +179,9 @@ def quantize_onnx(
                                     count=calib_count)
         if on_fp32 is not None:
             on_fp32(fp32)
-        if data.skipped:
-            say(f"skipped {len(data.skipped)} unreadable image files (first: {data.skipped[0]})")
+        for note in data.notes:  # files skipped and why; fewer images found than --calib-count asked
+            warnings.append(note)
+            say(f"warning: {note}")
         say(f"{len(data)} calibration images ({data.source.get('kind')})")
         too_few = count_warning(method, len(data))
         if too_few:

@@ -50,14 +50,18 @@ def load_array(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
 
 
 def load_folder_images(root: str | os.PathLike, count: int, preprocess: dict[str, Any]) -> np.ndarray:
-    """``count`` images spread evenly over an image folder (one subfolder per class), preprocessed."""
-    from ..data.image_folder import scan_image_folder
+    """``count`` images spread evenly over an image folder, preprocessed: a flat folder of images or one
+    subfolder per class (images are found recursively; no labels are needed). An unreadable file raises
+    DataError naming it."""
+    from ..data.image_folder import IMAGE_EXTENSIONS, list_image_files
     from ..preprocessing import Preprocess
 
-    index = scan_image_folder(root)
-    picks = np.linspace(0, len(index.files) - 1, num=min(count, len(index.files))).round().astype(int)
-    paths = [index.root / index.files[i] for i in sorted(set(picks.tolist()))]
-    return Preprocess.from_dict(preprocess).load(paths)
+    files = list_image_files(root)
+    if not files:
+        raise DataError(f"--data {root} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+                        f"in subfolders too)")
+    picks = np.linspace(0, len(files) - 1, num=min(count, len(files))).round().astype(int)
+    return Preprocess.from_dict(preprocess).load([files[i] for i in sorted(set(picks.tolist()))])
 
 
 def sample_inputs(
@@ -71,7 +75,8 @@ def sample_inputs(
     """Inputs (N, C, H, W) float32 for a model with ``input_shape`` (C, H, W).
 
     Args:
-        data: None for random images; an image folder; or a ``.npy``/``.npz`` of preprocessed images.
+        data: None for random images; an image folder (flat or one subfolder per class); or a
+            ``.npy``/``.npz`` of preprocessed images.
         count: how many (random images, or at most this many from a folder or file).
         preprocess: the artifact's preprocessing (needed for an image folder).
     """

@@ -254,6 +254,119 @@ def test_folder_skips_unreadable(colour_folder: Path) -> None:
     assert images.dtype == np.float32 and images.shape == (61, 3, 32, 32)
 
 
+def _write_images(folder: Path, names: list[str], seed: int) -> list[Path]:
+    """40x40 random RGB images (the format from each name's suffix)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / n for n in names]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
+def test_changed_image_bytes_recalibrate(fp32: Path, tmp_path: Path) -> None:
+    """Same names, same byte sizes, new pixels: a new fingerprint, and the cache is not reused."""
+    from psvit.data.image_folder import dataset_fingerprint
+
+    folder, out = tmp_path / "bmps", tmp_path / "b.int8.onnx"
+    names = [f"{i:02d}.bmp" for i in range(6)]
+    paths = _write_images(folder, names, seed=0)
+    sizes = [p.stat().st_size for p in paths]
+    first = quantize_onnx(fp32, out, calib_data=folder, keep_fp32=True)
+    cache = json.loads(first.cache_path.read_text())["data"]
+    assert not first.cache_reused and first.images == 6
+    assert cache["fingerprint"] == dataset_fingerprint(names, folder)
+    out.unlink()
+    _write_images(folder, names, seed=1)
+    assert [p.stat().st_size for p in paths] == sizes
+    second = quantize_onnx(fp32, out, calib_data=folder, keep_fp32=True)
+    assert not second.cache_reused
+    assert json.loads(second.cache_path.read_text())["data"]["fingerprint"] != cache["fingerprint"]
+    assert quantize_onnx(fp32, out, calib_data=folder, keep_fp32=True).cache_reused  # nothing changed since
+
+
+def _odd_folder(root: Path) -> tuple[list[str], list[str]]:
+    """Five good images and four bad files (truncated JPEG, zero bytes, text, broken link): (good, bad)."""
+    good = ["a.png", "b.jpg", "c.png", "d.bmp", "e.png"]
+    _write_images(root, good, seed=2)
+    jpeg = (root / "b.jpg").read_bytes()
+    (root / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    (root / "link.png").symlink_to(root / "nowhere.png")
+    return good, ["cut.jpg", "empty.png", "link.png", "text.png"]
+
+
+def test_images_that_do_not_decode_are_skipped(tmp_path: Path) -> None:
+    import warnings
+
+    from psvit.data.image_folder import dataset_fingerprint
+
+    good, bad = _odd_folder(tmp_path / "odd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = load_calibration_set(tmp_path / "odd", preprocess=PRE, input_shape=(3, 32, 32), count=9)
+    assert len(s) == 5 and s.skipped == bad and s.source["images"] == 5 and s.source["skipped"] == 4
+    assert s.fingerprint == dataset_fingerprint(good, tmp_path / "odd")  # the images used, no others
+    (note,) = s.notes
+    assert note.startswith("skipped 4 of 9 picked image files that cannot be read: cut.jpg, empty.png, link.png "
+                           "and 1 more (cut.jpg: OSError: image file is truncated")
+    assert [len(b) for b in s.batches(2)] == [2, 2, 1] and s.take(9).shape == (5, 3, 32, 32)
+
+
+def test_corrupt_images_skipped_and_calibration_completes(fp32: Path, tmp_path: Path) -> None:
+    good, bad = _odd_folder(tmp_path / "odd")
+    r = quantize_onnx(fp32, tmp_path / "odd.int8.onnx", calib_data=tmp_path / "odd", keep_fp32=True, calib_batch=2)
+    assert r.images == 5 and r.skipped == bad and r.qdq_nodes > 0
+    assert any(w.startswith("skipped 4 of 9 picked image files") for w in r.warnings)  # the user is told
+    assert json.loads(r.cache_path.read_text())["data"]["images"] == 5
+
+
+def test_no_decodable_image_is_an_error(tmp_path: Path) -> None:
+    _write_images(tmp_path / "one", ["a.jpg"], seed=3)
+    jpeg = (tmp_path / "one" / "a.jpg").read_bytes()
+    (tmp_path / "one" / "a.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    with pytest.raises(DataError, match=r"none of the 1 image files .*\(first: a.jpg: .*truncated"):
+        load_calibration_set(tmp_path / "one", preprocess=PRE, input_shape=(3, 32, 32))
+
+
+def test_decompression_bomb_warning_is_a_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from PIL import Image
+
+    _write_images(tmp_path / "big", ["big.png"], seed=4)  # 1,600 pixels
+    Image.new("RGB", (20, 20)).save(tmp_path / "big" / "small.png")  # 400 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns from 1,000 pixels, refuses from 2,000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a raw Python warning would fail the test
+        s = load_calibration_set(tmp_path / "big", preprocess=PRE, input_shape=(3, 32, 32))
+    assert len(s) == 1 and s.skipped == ["big.png"]
+    assert "big.png (big.png: over PIL's decompression-bomb limit of 1,000 pixels)" in s.notes[0]
+
+
+def test_more_images_asked_than_found(tmp_path: Path) -> None:
+    _odd_folder(tmp_path / "odd")
+    s = load_calibration_set(tmp_path / "odd", preprocess=PRE, input_shape=(3, 32, 32), count=100)
+    assert s.notes[1] == f"--calib-count asked for 100 images, found 9 in {tmp_path / 'odd'} (4 unreadable): " \
+                         f"calibrating on 5"
+    assert len(load_calibration_set(tmp_path / "odd", preprocess=PRE, input_shape=(3, 32, 32)).notes) == 1  # default
+    arr = np.zeros((3, 3, 32, 32), np.float32)
+    assert load_calibration_set(arr, preprocess=PRE, input_shape=(3, 32, 32), count=8).notes == [
+        "--calib-count asked for 8 images, found 3 in <array>: calibrating on 3"]
+
+
+def test_image_changed_after_fingerprinting_is_refused(tmp_path: Path) -> None:
+    paths = _write_images(tmp_path / "imgs", ["a.png", "b.png"], seed=5)
+    s = load_calibration_set(tmp_path / "imgs", preprocess=PRE, input_shape=(3, 32, 32))
+    _write_images(tmp_path / "imgs", ["b.png"], seed=6)
+    assert s.take(1).shape == (1, 3, 32, 32)
+    with pytest.raises(DataError, match=f"{paths[1]} changed during calibration"):
+        s.take(2)
+
+
 def test_arrays_and_memory(tmp_path: Path) -> None:
     arr = np.random.default_rng(0).standard_normal((10, 3, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "x.npz", images=arr)

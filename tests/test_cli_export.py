@@ -105,6 +105,34 @@ def test_compare_with_npy_and_image_folder(exported, tmp_path, capsys):
     assert "expects (3, 32, 32)" in flat(capsys.readouterr().err)
 
 
+def _flat_folder(folder: Path, count: int) -> Path:
+    """``count`` 40x40 PNGs directly in ``folder``: no class subfolders, no labels."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_flat_image_folder_as_verification_data(exported, tmp_path, capsys):
+    """``--data`` takes a flat folder of images (verification needs no labels), for ``onnx`` and ``compare``."""
+    flat_dir = _flat_folder(tmp_path / "imgs_normal", 5)
+    out, rep = tmp_path / "dd.onnx", tmp_path / "dd.json"
+    assert main(["onnx", "psvit_micro", "--out", str(out), "--data", str(flat_dir), "--count", "3",
+                 "--json", str(rep)]) == 0, capsys.readouterr().err
+    verification = json.loads(rep.read_text())["verification"][0]
+    assert verification["passed"] is True and verification["samples"] == 3
+    assert main(["compare", "psvit_micro", str(exported[0]), "--data", str(flat_dir), "--json",
+                 str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["samples"] == 5
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["compare", "psvit_micro", str(exported[0]), "--data", str(empty)]) == 2
+    assert "holds no image files" in flat(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("args, message", [
     (["onnx", "psvit_mciro"], "Did you mean psvit_micro"),
     (["onnx", "psvit_micro", "--opset", "16"], "opset 16 is not supported"),

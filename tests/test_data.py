@@ -183,7 +183,7 @@ def test_a_broken_class_link_and_empty_classes_are_not_silent(colour_folder, tmp
         scan_image_folder(data)
 
 
-def test_fingerprint_depends_on_relative_paths_and_sizes(colour_folder, tmp_path):
+def test_fingerprint_depends_on_relative_paths_and_contents(colour_folder, tmp_path):
     files = scan_image_folder(colour_folder).files
     fp = dataset_fingerprint(files, colour_folder)
     assert fp == load_image_folder(colour_folder, PRE).source["fingerprint"]
@@ -194,6 +194,16 @@ def test_fingerprint_depends_on_relative_paths_and_sizes(colour_folder, tmp_path
     (moved / "red" / "000.png").rename(moved / "red" / "zzz.png")
     assert dataset_fingerprint(scan_image_folder(moved).files, moved) != fp
     (colour_folder / "red" / "001.png").write_bytes((colour_folder / "red" / "001.png").read_bytes() + b"\0")
+    assert dataset_fingerprint(files, colour_folder) != fp
+
+
+def test_fingerprint_sees_a_changed_byte_of_the_same_size(colour_folder):
+    files = scan_image_folder(colour_folder).files
+    fp = dataset_fingerprint(files, colour_folder)
+    target = colour_folder / "green" / "007.png"
+    data = bytearray(target.read_bytes())
+    data[-20] ^= 0xFF  # same name, same size, one byte different
+    target.write_bytes(bytes(data))
     assert dataset_fingerprint(files, colour_folder) != fp
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,8 @@ from ..preprocessing import Preprocess, load_image
 from . import LabeledImages
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+READ_CHUNK = 1 << 20  # bytes per read while hashing a file
+FINGERPRINT_OF = "sha256 of the relative paths and the sha256 of the bytes of the files used"
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,30 @@ def scan_image_folder(root: str | os.PathLike) -> FolderIndex:
     return FolderIndex(root=root, files=tuple(files), labels=tuple(labels), class_names=tuple(classes))
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in chunks of :data:`READ_CHUNK` (a large file is never held whole)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def combine_digests(digests: Mapping[str, str]) -> str:
+    """The fingerprint of ``{relative POSIX path: sha256 of the file's bytes}``: sha256 over the sorted pairs.
+
+    For callers that hash the files while reading them anyway (calibration); :func:`dataset_fingerprint`
+    gives the same value for the same files.
+    """
+    h = hashlib.sha256()
+    for rel in sorted(digests):
+        h.update(f"{rel}\0{digests[rel]}\n".encode())
+    return h.hexdigest()
+
+
 def dataset_fingerprint(files: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
-    """sha256 over the sorted (relative path, size in bytes) of ``files``.
+    """sha256 over the sorted (relative path, sha256 of the bytes) of ``files``: any changed byte, renamed,
+    added or removed file changes it. Every file is read (in chunks), so the cost is that of reading ``files``.
 
     With ``root``, ``files`` are paths relative to it; without, real paths whose common folder is the root.
     Either way the fingerprint does not depend on where the dataset lives.
@@ -105,14 +129,11 @@ def dataset_fingerprint(files: Sequence[str | os.PathLike], root: str | os.PathL
         base = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path(".")
     else:
         base = Path(root)
-    pairs = []
+    digests: dict[str, str] = {}
     for p in paths:
         full = p if p.is_absolute() or root is None else base / p
-        pairs.append((Path(os.path.relpath(full, base)), full))
-    h = hashlib.sha256()
-    for rel, full in sorted(pairs, key=lambda rp: rp[0].as_posix()):
-        h.update(f"{rel.as_posix()}\0{full.stat().st_size}\n".encode())
-    return h.hexdigest()
+        digests[Path(os.path.relpath(full, base)).as_posix()] = file_sha256(full)
+    return combine_digests(digests)
 
 
 def load_image_folder(root: str | os.PathLike, preprocess: Preprocess) -> LabeledImages:
@@ -146,7 +167,7 @@ def load_image_folder(root: str | os.PathLike, preprocess: Preprocess) -> Labele
         "images": len(used),
         "skipped": skipped,
         "fingerprint": dataset_fingerprint(used, index.root),
-        "fingerprint_of": "sha256 of the relative paths and sizes of the files used",
+        "fingerprint_of": FINGERPRINT_OF,
         "img_size": preprocess.img_size,
         "class_counts": dict(zip(index.class_names, np.bincount(labels, minlength=len(index.class_names)).tolist())),
     }
