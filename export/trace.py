@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -35,6 +36,9 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 BATCH_SYMBOL = "batch"
 TRACE_BATCH = 2  # torch.export specialises size-1 dims, so a dynamic batch is traced with 2
+# Terminal escape sequences (torch colours its messages): CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or
+# ESC backslash), then the short ones (ESC, intermediate bytes, a final byte: ESC c, ESC ( B).
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])")
 
 
 def max_opset() -> int:
@@ -62,6 +66,35 @@ def parse_batch(batch: str | int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
     return value
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences (torch colours "This is step 1/3")."""
+    return _ANSI.sub("", text)
+
+
+def wrapped_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` in ``exc``'s ``__cause__``/``__context__`` chain (``exc`` included), if any.
+
+    A Ctrl-C or SIGTERM (the CLI raises ``KeyboardInterrupt`` for both) that lands inside torch's exporter
+    can come back wrapped in torch's own exception type."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        todo += [e.__context__, e.__cause__]
+    return None
+
+
+def _export_error(exc: Exception) -> ExportError:
+    """Our one-line error for a failed ``torch.onnx.export``: torch's first line, without colours."""
+    text = strip_ansi(str(exc)).strip()
+    return ExportError(f"torch.onnx.export (dynamo) failed for this model: {type(exc).__name__}: "
+                       f"{text.splitlines()[0] if text else ''}")
 
 
 @contextlib.contextmanager
@@ -109,10 +142,10 @@ def torch_to_onnx(
                 report=False,
             )
         except Exception as exc:  # the exporter wraps torch.export errors in its own types
-            raise ExportError(
-                f"torch.onnx.export (dynamo) failed for this model: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from exc
+            interrupt = wrapped_interrupt(exc)
+            if interrupt is not None:  # a signal stopped the export: not a failure of the model
+                raise interrupt from None
+            raise _export_error(exc) from exc
         optimize_graph(program.model)
     proto = ir.serde.serialize_model(program.model)
     proto.producer_name = "psvit-deploy (torch.onnx dynamo)"

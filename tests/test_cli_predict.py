@@ -1,6 +1,7 @@
 """``psvit-export predict``: user errors, a real kill and --resume, and the Ray Data path on a local cluster."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -105,6 +106,31 @@ def test_killed_run_resumes_to_the_same_file(demo_fp32_onnx, predict_folder, wri
     predict_to_file(demo_fp32_onnx, inputs, tmp_path / "fresh.jsonl", topk=3, batch=8, loader_workers=0)
     assert_same_predictions(read_predictions(out), read_predictions(tmp_path / "fresh.jsonl"))
     assert len(read_predictions(out)) == 261
+
+
+def test_ctrl_c_says_the_finished_rows_are_kept(demo_fp32_onnx, predict_folder, tmp_path):
+    """Ctrl-C midway (the run stalls on a named pipe): exit 130, and the one line says the rows written so far
+    stay for --resume (not "nothing half-written was kept")."""
+    stall = tmp_path / "stall.png"
+    os.mkfifo(stall)
+    out = tmp_path / "p.jsonl"
+    args = ["predict", demo_fp32_onnx, f"{predict_folder}/0[0-4]_*", stall, "--out", out, "--batch", "8",
+            "--loader-workers", "1"]
+    proc = subprocess.Popen([*CLI, *map(str, args)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+        while not (out.is_file() and out.read_bytes().count(b"\n") >= 40):
+            assert proc.poll() is None and time.monotonic() < deadline, "no output lines in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a loader worker still blocked on the pipe
+    assert proc.returncode == 130, err
+    assert f"stopped by SIGINT; the rows finished so far (if any) are kept in {out}" in " ".join(err.split())
+    assert len(read_predictions(out)) >= 40
 
 
 # ---- Ray Data ------------------------------------------------------------------------------------------------

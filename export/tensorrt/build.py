@@ -15,15 +15,20 @@ RTX-class GPU. What TensorRT-RTX 1.7 does without a GPU (checked here): it build
 capability it supports (set explicitly below, so the sidecar can record the target); timing-cache calls are
 accepted but are no-ops (deprecated since TensorRT-RTX 1.2: it tunes on the target GPU), so no timing cache is
 used with it; ``IProgressMonitor`` reports the build phases; deserializing a plan (and so the engine
-inspector) needs a GPU. Measured build times with TensorRT-RTX 1.7 on 2 shared CPU cores, optimization level 0:
+inspector) needs a GPU. Ctrl-C and SIGTERM cancel a build through the progress monitor (see
+:func:`_signals_held`). Measured build times with TensorRT-RTX 1.7 on 2 shared CPU cores, optimization level 0:
 psvit_micro 0.8-2 s (FP32 or FP16), DeiT-Tiny FP32 224x224 about 3 s, PSViT-2D-Tiny about 3 s,
 DeiT-Small FP16 about 1.5 s.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +38,7 @@ from ...provenance import atomic_output
 from ...runtime.tensorrt import (
     FLAVOURS, DeviceInfo, capture, detect_device, import_tensorrt, normalise_flavour, trt_logger,
 )
+from ...runtime.tensorrt.logger import LOG
 from ..errors import EngineBuildError
 
 BUILDERS = ("auto", *FLAVOURS)
@@ -125,8 +131,9 @@ def resolve_builder(builder: str = "auto") -> Builder:
     return Builder(trt, name, device, build_target(name, trt, device))
 
 
-def _progress_monitor(trt: ModuleType, report: Callable[[str], None]) -> Any:
-    """An ``IProgressMonitor`` that reports "phase (step/steps)" lines; None where the module has none."""
+def _progress_monitor(trt: ModuleType, report: Callable[[str], None] | None, stop: threading.Event) -> Any:
+    """An ``IProgressMonitor`` that reports "phase (step/steps)" lines (when ``report`` is given) and cancels the
+    build once ``stop`` is set; None where the module has none."""
     if not hasattr(trt, "IProgressMonitor"):
         return None
 
@@ -141,18 +148,72 @@ def _progress_monitor(trt: ModuleType, report: Callable[[str], None]) -> Any:
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             self._say(f"{phase_name} ({step + 1}/{self.steps.get(phase_name, '?')})")
-            return True  # False would cancel the build
+            return not stop.is_set()  # False cancels the build
 
         def phase_finish(self, phase_name: str) -> None:
             self.steps.pop(phase_name, None)
 
         def _say(self, text: str) -> None:
+            if report is None:
+                return
             try:
                 report(text)
             except Exception:  # a display problem must not abort a build running in TensorRT's thread
                 pass
 
     return Monitor()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[threading.Event]:
+    """Hold SIGINT and SIGTERM back while TensorRT runs, and hand them on once it has returned.
+
+    A Python signal handler runs in the next Python code of the main thread: during a build, TensorRT's logger
+    or progress-monitor callback, and TensorRT swallows what it raises there (``Exception caught in log():
+    KeyboardInterrupt``) and builds on. So within the block a signal that Python handles only sets the event
+    (the progress monitor then cancels the build), and the block ends by calling the displaced handler with
+    that signal: the CLI's (and Python's default Ctrl-C) raises ``KeyboardInterrupt`` before the plan is
+    returned, so nothing gets written. A second signal takes the default action at once (the process ends),
+    for a build that does not stop when asked. Outside the main thread (no handlers can be set) nothing
+    changes.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    displaced = {s: h for s in (signal.SIGINT, signal.SIGTERM) if callable(h := signal.getsignal(s))}
+    held: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        held.append(signum)
+        stop.set()
+        for s in displaced:
+            signal.signal(s, signal.SIG_DFL)
+
+    for s in displaced:
+        signal.signal(s, hold)
+    try:
+        yield stop
+    finally:
+        for s, h in displaced.items():
+            signal.signal(s, h)
+        if held:
+            displaced[held[0]](held[0], None)  # raises KeyboardInterrupt (over a "build cancelled" error)
+
+
+@contextlib.contextmanager
+def _quiet_once_stopped(stop: threading.Event) -> Iterator[None]:
+    """Keep TensorRT's log out of ``logging`` once a stop is requested: the one line the user asked for is
+    "stopped by SIGINT", not the builder's ``BuildCanceled`` error (the build's capture still keeps it)."""
+
+    def keep(_record: logging.LogRecord) -> bool:
+        return not stop.is_set()
+
+    LOG.addFilter(keep)
+    try:
+        yield
+    finally:
+        LOG.removeFilter(keep)
 
 
 def _apply_timing_cache(trt: ModuleType, name: str, config: Any, blob: bytes | None) -> str:
@@ -204,7 +265,9 @@ def build_engine(
             TensorRT-RTX builds, ahead of time for the compute capabilities of :func:`rtx_compute_capabilities`.
 
     TensorRT's messages go to the ``psvit.tensorrt`` logger; its warnings and errors of this build are kept
-    in ``EngineBuild.warnings`` (and quoted when the build fails).
+    in ``EngineBuild.warnings`` (and quoted when the build fails). A SIGINT or SIGTERM that Python handles
+    cancels the build and is handed to its handler once TensorRT has returned (:func:`_signals_held`): with the
+    CLI's, or Python's Ctrl-C, the build raises ``KeyboardInterrupt`` and returns no plan.
     """
     resolved = builder if isinstance(builder, Builder) else resolve_builder(builder)
     trt, name = resolved.trt, resolved.name
@@ -213,13 +276,14 @@ def build_engine(
     path = Path(onnx_path)
     if not path.is_file():
         raise EngineBuildError(f"ONNX file {path} does not exist")
-    with capture() as log:
-        return _build(trt, name, path, device, target, log, batch=batch, optimization_level=optimization_level,
+    with capture() as log, _signals_held() as stop, _quiet_once_stopped(stop):
+        return _build(trt, name, path, device, target, log, stop, batch=batch, optimization_level=optimization_level,
                       workspace_bytes=workspace_bytes, timing_cache=timing_cache, use_timing_cache=use_timing_cache,
                       progress=progress)
 
 
-def _build(trt: ModuleType, name: str, path: Path, device: DeviceInfo | None, target: dict[str, Any], log: Any, *,
+def _build(trt: ModuleType, name: str, path: Path, device: DeviceInfo | None, target: dict[str, Any], log: Any,
+           stop: threading.Event, *,
            batch: tuple[int, int, int] | None, optimization_level: int | None, workspace_bytes: int | None,
            timing_cache: bytes | None, use_timing_cache: bool, progress: Callable[[str], None] | None) -> EngineBuild:
     logger = trt_logger(trt, name)
@@ -252,7 +316,7 @@ def _build(trt: ModuleType, name: str, path: Path, device: DeviceInfo | None, ta
     cache_note = "not used"
     if use_timing_cache:
         cache_note = _apply_timing_cache(trt, name, config, timing_cache)
-    monitor = _progress_monitor(trt, progress) if progress is not None else None
+    monitor = _progress_monitor(trt, progress, stop)  # also how a signal cancels the build
     if monitor is not None:
         config.progress_monitor = monitor
 
@@ -281,6 +345,8 @@ def _build(trt: ModuleType, name: str, path: Path, device: DeviceInfo | None, ta
             f"{path.name} has a fixed batch {list(inputs[0].shape)[0]}; drop the batch profile or export with "
             f"--batch dynamic"
         )
+    if stop.is_set():  # a signal arrived while parsing: do not start the build
+        raise EngineBuildError(f"{name} build of {path.name} cancelled before it started")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"{name} {trt.__version__} parsed {path.name} but could not build an engine:\n  "

@@ -60,19 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     same way (temporary files and folders removed) and exit 130 / 143 with one line.
     """
     from .console import error, say
-    from .signals import signals_unwind
+    from .signals import signals_unwind, stop_note
 
     with signals_unwind() as received:
         try:
             app(args=argv, prog_name="psvit-export")
         except PSViTError as exc:
-            error(str(exc))
-            return 2
+            if received.signum is None:  # an error raised while a signal unwinds is the stop, reported below
+                error(str(exc))
+                return 2
         except OSError as exc:
-            if exc.errno not in _PATH_FIXES:
+            if exc.errno not in _PATH_FIXES and received.signum is None:
                 raise  # not about a path the user gave: a bug, with its traceback
-            error(_path_error(exc))
-            return 2
+            if received.signum is None:
+                error(_path_error(exc))
+                return 2
         except SystemExit as exc:  # click ends standalone runs with sys.exit (130 after KeyboardInterrupt)
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except KeyboardInterrupt:  # raised outside click's handling (e.g. while the command module imports)
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             code = 0
     if received.signum is not None:
-        say(f"stopped by {received.name}; nothing half-written was kept")
+        say(f"stopped by {received.name}; {stop_note()}")
         return received.exit_code
     return code
 

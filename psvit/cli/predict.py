@@ -13,6 +13,7 @@ from rich.table import Table
 from . import app
 from .console import console, err_console
 from .options import BackendChoice, DeviceOpt, JsonOpt
+from .signals import on_stop_say
 
 LISTED_FAILURES = 10  # failures shown in the summary table (all are in the output and the --json summary)
 
@@ -128,6 +129,9 @@ def predict_command(
         def progressed(done: int, todo: int, stats) -> None:  # noqa: ANN001 - PredictStats
             bar.update(task, completed=done, rate=f"{stats.images_per_s:,.0f}")
 
+        if out is not None:
+            on_stop_say(f"the rows finished so far (if any) are kept in {out}; the same command with --resume "
+                        f"continues it")
         summary = predict_to_file(
             artifact, inputs, out, fmt=fmt.value if fmt else None, topk=topk, batch=batch,
             loader_workers=loader_workers, backend=backend.value, device=device, options=options,
