@@ -38,14 +38,14 @@ def assert_same_records(got: list[dict], want: list[dict]) -> None:
 
 # ---- discovery ---------------------------------------------------------------------------------------
 def test_find_images_files_folders_globs_in_a_stable_order(tmp_path, write_image):
-    for name in ("b/2.png", "b/1.JPG", "b/sub/3.webp", "b/.hidden/4.png", "b/notes.txt", "c/5.png"):
-        write_image(name) if name.endswith(("png", "JPG", "webp")) else (tmp_path / name).write_text("x")
+    for name in ("b/2.png", "b/1.JPG", "b/sub/3.webp", "b/.hidden/4.png", "b/notes.txt", "c/5.png", "b/6.gif"):
+        write_image(name) if name.endswith(("png", "JPG", "webp", "gif")) else (tmp_path / name).write_text("x")
     base = str(tmp_path)
     found = find_images([f"{base}/c/5.png", f"{base}/b", f"{base}/*/5.png", f"{base}/b/*"])
     rel = [os.path.relpath(p, base) for p in found]
     # explicit file first; the folder sorted and recursive (hidden folder and .txt skipped); duplicates once;
     # the glob's folder match expanded
-    assert rel == ["c/5.png", "b/1.JPG", "b/2.png", "b/sub/3.webp"]
+    assert rel == ["c/5.png", "b/1.JPG", "b/2.png", "b/6.gif", "b/sub/3.webp"]
     assert find_images([f"{base}/b/notes.txt"]) == [f"{base}/b/notes.txt"]  # a file named explicitly is taken
 
 

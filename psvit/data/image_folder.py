@@ -13,7 +13,7 @@ from ..errors import DataError
 from ..preprocessing import Preprocess, load_image
 from . import LabeledImages
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # GIF: its first frame
 READ_CHUNK = 1 << 20  # bytes per read while hashing a file
 FINGERPRINT_OF = "sha256 of the relative paths and the sha256 of the bytes of the files used"
 
