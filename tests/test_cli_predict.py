@@ -177,3 +177,10 @@ def test_a_run_that_reads_no_image_fails(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "none of the 2 image file(s) could be read" in err
     assert all(r["error"] for r in read_predictions(tmp_path / "p.jsonl"))
+
+
+def test_topk_above_the_class_count_is_said(tmp_path, write_image, capsys):
+    write_image("a.png")
+    assert main(["predict", "demo", str(tmp_path / "a.png"), "--topk", "20", "--out", str(tmp_path / "p.jsonl")]) == 0
+    assert "--topk 20 is more than the model's 10 classes" in " ".join(capsys.readouterr().err.split())
+    assert len(read_predictions(tmp_path / "p.jsonl")[0]["indices"]) == 10

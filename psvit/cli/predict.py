@@ -146,6 +146,10 @@ def predict_command(
     if json_out is not None:
         write_json(json_out, summary.to_dict())
         err_console.print(f"wrote {escape(str(json_out))}", highlight=False)
+    classes = summary.runtime.get("classes")
+    if classes and topk > classes:
+        err_console.print(f"note: --topk {topk} is more than the model's {classes} classes; each row lists all "
+                          f"{classes}", highlight=False)
     attempted = summary.found - summary.already_done
     if attempted and len(summary.failed) == attempted:  # nothing predicted: a failed run, whatever was written
         err_console.print(f"error: none of the {attempted} image file(s) could be read; see the errors above",
