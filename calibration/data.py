@@ -12,7 +12,6 @@ later pass refuses a file whose bytes changed since. There is no fallback to ran
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import warnings
@@ -83,24 +82,24 @@ def _spread(n_total: int, count: int) -> list[int]:
 def _decode(data: bytes, pre: Preprocess) -> np.ndarray:
     """Encoded image bytes -> (C, H, W) float32 with the model's :class:`~psvit.preprocessing.Preprocess`.
 
-    Whatever PIL raises for bytes it cannot decode propagates; its ``DecompressionBombWarning`` is raised as
-    an error too (the file is skipped like an unreadable one), never printed.
+    Bytes PIL cannot decode raise :class:`DataError` (:func:`~psvit.preprocessing.decode_image`); PIL's
+    ``DecompressionBombWarning`` is raised too (the file is skipped like an unreadable one), never printed.
     """
     from PIL import Image
 
-    from ..preprocessing import to_rgb
+    from ..preprocessing import decode_image
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return pre(to_rgb(img))
+        return pre(decode_image(data))
 
 
 def _why(exc: BaseException) -> str:
-    """Why a file was skipped, in a few words."""
+    """Why a file was skipped, in a few words (PIL's own error where decoding failed)."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(exc, DataError) and exc.__cause__ is not None:  # decode_image's wrapper: its cause says why
+        exc = exc.__cause__
     if isinstance(exc, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
         return f"over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels"
     if isinstance(exc, FileNotFoundError):

@@ -59,15 +59,18 @@ def check_output_folder(path: str | os.PathLike) -> Path:
 DERIVED_NAME_MARGIN = 32
 
 
+def _through_link(path: Path) -> Path:
+    """Where writing ``path`` lands: a symlink's target (links are written through, not replaced)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def output_target(path: str | os.PathLike) -> Path:
     """Where writing the output ``path`` lands, checked up front: a symlink's target (links are written
     through, not replaced), never a device, FIFO or socket (replacing one would destroy it), and a name short
     enough for the files derived from it (:data:`DERIVED_NAME_MARGIN`)."""
     from .errors import OutputPathError
 
-    path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
+    path = _through_link(Path(path))
     if path.exists() and not (path.is_file() or path.is_dir()):
         raise OutputPathError(f"{path} is a device, FIFO or socket, not a file; writing the output would replace "
                               f"it. Name a regular file")
@@ -91,9 +94,7 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
     A failure (or Ctrl-C) leaves neither a half-written ``path`` nor the temporary file behind.
     """
-    path = Path(path)
-    if path.is_symlink():  # write through the link, as output_target checked
-        path = Path(os.path.realpath(path))
+    path = _through_link(Path(path))  # as output_target checked
     parent = check_output_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
     os.close(fd)

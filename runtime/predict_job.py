@@ -96,10 +96,6 @@ def _check_resumable(record_path: Path, expected: dict[str, Any]) -> dict[str, A
     return record
 
 
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    write_json(path, record)
-
-
 class _Output:
     """The output of one run with its run record: opened after the checks, finished or abandoned."""
 
@@ -117,7 +113,7 @@ class _Output:
             if force:
                 remove_output(out)
             self.record = {"kind": "psvit-predictions", **identity, "created": _now(), "runs": []}
-            _write_record(self.record_path, self.record)  # before the output: an output without it is not ours
+            write_json(self.record_path, self.record)  # before the output: an output without it is not ours
         try:
             self.writer = open_output(out, fmt, topk, resume=continuing)
         except BaseException:
@@ -145,7 +141,7 @@ class _Output:
             run = {k: v for k, v in summary.to_dict().items() if k != "failed_files"}
             self.record["runs"].append({"finished": _now(), **run,
                                         "versions": package_versions("torch", "onnxruntime", "ray")})
-            _write_record(self.record_path, self.record)
+            write_json(self.record_path, self.record)
 
 
 def predict_to_file(

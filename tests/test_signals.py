@@ -60,15 +60,20 @@ def _wait_for(condition, proc: subprocess.Popen[str], what: str) -> None:
         time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen[str], signum: int) -> tuple[int, str]:
-    proc.send_signal(signum)
+def _finish(proc: subprocess.Popen[str], after: str) -> tuple[int, str]:
+    """(exit code, stderr) of a signalled process; fails the test if it does not end within WAIT."""
     try:
         _, err = proc.communicate(timeout=WAIT)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        pytest.fail(f"the command did not stop within {WAIT:.0f} s of {signal.Signals(signum).name}")
+        pytest.fail(f"the command did not stop within {WAIT:.0f} s of {after}")
     return proc.returncode, err
+
+
+def _stop(proc: subprocess.Popen[str], signum: int) -> tuple[int, str]:
+    proc.send_signal(signum)
+    return _finish(proc, signal.Signals(signum).name)
 
 
 @pytest.mark.slow
@@ -184,17 +189,12 @@ def test_ctrl_c_during_trt_command(presses: int, demo_fp32_onnx: Path, tmp_path:
     shutil.copy(demo_fp32_onnx, work / "m.onnx")
     proc = _start(["-c", SIGNAL_IN_BUILD, str(presses), "trt", "m.onnx", "--out", "m.engine", "--builder",
                    "tensorrt-rtx", "--optimization-level", "0"], work, tmpdir)
-    try:
-        _, err = proc.communicate(timeout=WAIT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        pytest.fail(f"the command did not stop within {WAIT:.0f} s of Ctrl-C")
+    code, err = _finish(proc, "Ctrl-C")
     if presses == 1:
-        assert proc.returncode == 130, err
+        assert code == 130, err
         assert "stopped by SIGINT" in err and "Traceback" not in err and "BuildCanceled" not in err, err
     else:
-        assert proc.returncode == -signal.SIGINT, err
+        assert code == -signal.SIGINT, err
     assert sorted(p.name for p in work.iterdir()) == ["m.onnx"], "an engine, sidecar or temporary file was left"
 
 

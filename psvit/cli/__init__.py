@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     with signals_unwind() as received:
         try:
             app(args=argv, prog_name="psvit-export")
+        # An error raised while a signal unwinds is the stop, reported below.
         except PSViTError as exc:
-            if received.signum is None:  # an error raised while a signal unwinds is the stop, reported below
+            if received.signum is None:
                 error(str(exc))
                 return 2
         except OSError as exc:
-            if exc.errno not in _PATH_FIXES and received.signum is None:
-                raise  # not about a path the user gave: a bug, with its traceback
             if received.signum is None:
+                if exc.errno not in _PATH_FIXES:
+                    raise  # not about a path the user gave: a bug, with its traceback
                 error(_path_error(exc))
                 return 2
         except SystemExit as exc:  # click ends standalone runs with sys.exit (130 after KeyboardInterrupt)

@@ -11,10 +11,10 @@ import numpy as np
 
 from ..errors import DataError
 from ..preprocessing import Preprocess, load_image
+from ..provenance import sha256_file
 from . import LabeledImages
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # GIF: its first frame
-READ_CHUNK = 1 << 20  # bytes per read while hashing a file
 FINGERPRINT_OF = "sha256 of the relative paths and the sha256 of the bytes of the files used"
 
 
@@ -95,15 +95,6 @@ def scan_image_folder(root: str | os.PathLike) -> FolderIndex:
     return FolderIndex(root=root, files=tuple(files), labels=tuple(labels), class_names=tuple(classes))
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in chunks of :data:`READ_CHUNK` (a large file is never held whole)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def combine_digests(digests: Mapping[str, str]) -> str:
     """The fingerprint of ``{relative POSIX path: sha256 of the file's bytes}``: sha256 over the sorted pairs.
 
@@ -132,7 +123,7 @@ def dataset_fingerprint(files: Sequence[str | os.PathLike], root: str | os.PathL
     digests: dict[str, str] = {}
     for p in paths:
         full = p if p.is_absolute() or root is None else base / p
-        digests[Path(os.path.relpath(full, base)).as_posix()] = file_sha256(full)
+        digests[Path(os.path.relpath(full, base)).as_posix()] = sha256_file(full)
     return combine_digests(digests)
 
 
